@@ -1,0 +1,1 @@
+"""TwinRL bringup: configuration, graphs, adapters and the twinrl command."""

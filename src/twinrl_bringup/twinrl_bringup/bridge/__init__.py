@@ -1,0 +1,1 @@
+"""fr3_bridge core: backend-agnostic command handling (envelope, arbitration, watchdog)."""

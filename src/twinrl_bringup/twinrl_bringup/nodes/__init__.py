@@ -1,0 +1,1 @@
+"""ROS 2 node entry points (thin shells over the core modules)."""

@@ -1,0 +1,1 @@
+"""twinrl_twin."""
