@@ -12,6 +12,10 @@ PY="${PYTHON:-python3}"
 
 step() { printf '\033[1;34m==> %s\033[0m\n' "$*"; }
 
+# One setup at a time per checkout (parallel shells rebuilding the same workspace collide).
+exec 9>"$ROOT/.setup.lock"
+flock 9
+
 # ---------------------------------------------------------------- system packages
 APT_PKGS=(cmake g++ make git
   libosmesa6 libegl1 libegl-mesa0 libgl1-mesa-dri libgl1 libglu1-mesa  # headless GL for MuJoCo
@@ -44,8 +48,8 @@ want=$(cat constraints.txt requirements.txt requirements-ros.txt scripts/setup.s
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   step "installing Python packages (torch pinned by constraints.txt)"
   "$VPY" -m pip install -q --upgrade "pip>=24" "setuptools<80" wheel -c constraints.txt
-  "$VPY" -m pip install -q -c constraints.txt -r requirements-ros.txt
-  "$VPY" -m pip install -q -c constraints.txt -r requirements.txt
+  "$VPY" -m pip install -q -c constraints.txt -r requirements-ros.txt 2> >(grep -v "is ignored" >&2)
+  "$VPY" -m pip install -q -c constraints.txt -r requirements.txt 2> >(grep -v "is ignored" >&2)
   if "$VPY" -m pip show launch >/dev/null 2>&1 && ! "$VPY" -c "import launch.launch_description" 2>/dev/null; then
     echo "error: the unrelated PyPI package 'launch' is installed in $VENV; it shadows ROS 2 launch." >&2
     echo "       remove it: $VPY -m pip uninstall -y launch" >&2
@@ -79,7 +83,7 @@ if [ "$(cat "$bstamp" 2>/dev/null)" != "$bwant" ]; then
   "$VENV/bin/colcon" --log-base "$ROOT/log" build --base-paths "$ROOT/src" \
       --build-base "$ROOT/build" --install-base "$ROOT/install" \
       --metas "$ROOT/colcon.meta" --event-handlers console_cohesion- summary+ \
-      --cmake-args -DPython3_EXECUTABLE="$VPY" -DBUILD_TESTING=OFF
+      --symlink-install --cmake-args -DPython3_EXECUTABLE="$VPY" -DBUILD_TESTING=OFF
   echo "$bwant" >"$bstamp"
 else
   step "colcon workspace up to date"

@@ -40,6 +40,12 @@ setup(
             "twinrl = twinrl_bringup.cli:main",
             "ping = twinrl_bringup.nodes.link_check:ping_main",
             "pong = twinrl_bringup.nodes.link_check:pong_main",
+            "episode_manager = twinrl_bringup.nodes.episode_manager:main",
+            "fr3_bridge = twinrl_bringup.nodes.fr3_bridge:main",
+            "intervention = twinrl_bringup.nodes.intervention:main",
+            "image_adapter = twinrl_bringup.nodes.image_adapter:main",
+            "sim_operator = twinrl_bringup.nodes.sim_operator:main",
+            "frames = twinrl_bringup.nodes.frames:main",
         ],
         # Subcommands of `twinrl`: name = module:register, register(subparsers) adds a parser.
         "twinrl.commands": [
