@@ -47,7 +47,7 @@ stamp="$VENV/.twinrl-pip-stamp"
 want=$(cat constraints.txt requirements.txt requirements-ros.txt scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   step "installing Python packages (torch pinned by constraints.txt)"
-  "$VPY" -m pip install -q --upgrade "pip>=24" "setuptools<80" wheel -c constraints.txt
+  "$VPY" -m pip install -q --upgrade "pip>=24" "setuptools<80" wheel -c constraints.txt 2> >(grep -v "is ignored" >&2)
   "$VPY" -m pip install -q -c constraints.txt -r requirements-ros.txt 2> >(grep -v "is ignored" >&2)
   "$VPY" -m pip install -q -c constraints.txt -r requirements.txt 2> >(grep -v "is ignored" >&2)
   if "$VPY" -m pip show launch >/dev/null 2>&1 && ! "$VPY" -c "import launch.launch_description" 2>/dev/null; then
@@ -76,7 +76,7 @@ shopt -u nullglob
 # PLATFORM fix 3: point CMake at the venv's Python and the venv's ROS prefix.
 export AMENT_PREFIX_PATH="$VENV" CMAKE_PREFIX_PATH="$VENV" PATH="$VENV/bin:$PATH"
 bstamp="$ROOT/install/.twinrl-build-stamp"
-bwant=$( (cd "$ROOT" && find src colcon.meta -type f -not -name '*.pyc' -not -path '*/__pycache__/*' -print0 \
+bwant=$( (cd "$ROOT" && find src config launch colcon.meta -type f -not -name '*.pyc' -not -path '*/__pycache__/*' -print0 \
           | sort -z | xargs -0 sha256sum; echo "$VENV") | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$bstamp" 2>/dev/null)" != "$bwant" ]; then
   step "colcon build"
