@@ -178,8 +178,8 @@ def resolve(graph: GraphSpec, overrides: dict[str, Any] | None = None) -> Resolv
         # Keep the declared type where the override is compatible (rate_hz=5 for a float).
         if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        elif isinstance(default, str) and isinstance(value, (int, float, bool)) and not isinstance(default, bool):
-            value = v if isinstance(v, str) else _fmt(value)
+        elif isinstance(default, str) and isinstance(v, str):
+            value = v  # a string argument stays the string given ("007", "{a: 1}", "true")
         args[k] = value
     nodes = []
     for i, n in enumerate(graph.nodes):
