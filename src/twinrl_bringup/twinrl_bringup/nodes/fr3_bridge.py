@@ -1,0 +1,282 @@
+"""fr3_bridge node: the only node that commands the arm (thin shell over bridge.core).
+
+Subscribes ``/twinrl/action`` (twinrl_msgs/Action) and ``/twinrl/estop`` (std_msgs/Bool,
+true latches, false releases); serves ``/twinrl/fr3_bridge/reset`` (ResetEpisode),
+``/twinrl/fr3_bridge/set_mode`` (SetControlMode) and ``/twinrl/estop`` (std_srvs/SetBool).
+Publishes ``/joint_states`` (unless the robot driver does), ``/twinrl/tcp_pose``,
+``/twinrl/fr3_bridge/status`` (BridgeStatus), ``/diagnostics``,
+``/twinrl/fr3_bridge/applied_action`` (the delta actually executed, with the intervention
+flag), the backend's camera images and ``/twinrl/task_status`` / ``/twinrl/sim/object_pose``
+where the backend detects them.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+
+import numpy as np
+
+
+def _declare(node, name, default):
+    return node.declare_parameter(name, default).value
+
+
+def main(argv=None) -> int:
+    import rclpy
+    from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from rclpy.node import Node
+
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+    from geometry_msgs.msg import PoseStamped
+    from sensor_msgs.msg import CameraInfo, Image, JointState
+    from std_msgs.msg import Bool
+    from twinrl_msgs.msg import Action, BridgeStatus, TaskStatus
+    from twinrl_msgs.srv import ResetEpisode, SetControlMode
+
+    from twinrl_bringup.bridge import core as bc
+    from twinrl_bringup.bridge.registry import BackendError, create_backend
+    from twinrl_bringup.bridge.rosconv import (
+        action_from_msg, configuration_from_msg, configuration_to_msg, fill_pose, image_msg,
+        camera_info_msg, executed_delta)
+    from twinrl_bringup.safety import SafetyEnvelope, load_safety_config
+
+    rclpy.init(args=argv)
+    node = Node("fr3_bridge")
+    log = node.get_logger()
+    backend_name = _declare(node, "backend", "sim")
+    task = _declare(node, "task", "pick_and_place")
+    backend_config = _declare(node, "backend_config", "")
+    # dotted key=value overrides of the backend's config file, ";"-separated
+    # (real: "target_topic=/target_frame;wrench_topic=/ft"); passed to backends that take them
+    backend_options = _declare(node, "backend_options", "")
+    safety_config = _declare(node, "safety_config", "")
+    loop_rate = float(_declare(node, "loop_rate", 50.0))
+    camera_rate = float(_declare(node, "camera_rate", 10.0))
+    status_rate = float(_declare(node, "status_rate", 5.0))
+    publish_joint_states = bool(_declare(node, "publish_joint_states", True))
+    human_override_s = float(_declare(node, "human_override_s", 0.3))
+    seed = int(_declare(node, "seed", 0))
+    base_frame = _declare(node, "base_frame", "fr3_link0")
+
+    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(levelname)s: %(message)s")
+    try:
+        envelope = SafetyEnvelope(load_safety_config(safety_config or None))
+        options = [o.strip() for o in str(backend_options).split(";") if o.strip()]
+        backend = create_backend(backend_name, node=node, task=task, config=backend_config or None,
+                                 envelope=envelope, seed=seed, overrides=options)
+        bridge = bc.BridgeCore(backend, envelope, human_override_s=human_override_s)
+        bridge.tick_period = 1.0 / loop_rate
+        bridge.start()
+    except (BackendError, RuntimeError, ValueError, ImportError) as exc:
+        log.fatal(f"fr3_bridge cannot start backend {backend_name!r}: {exc}")
+        node.destroy_node()
+        rclpy.try_shutdown()
+        return 1
+    log.info(f"fr3_bridge: backend {backend_name}, task {task}, loop {loop_rate:.0f} Hz, "
+             f"watchdog {envelope.cfg.watchdog_timeout * 1000:.0f} ms")
+
+    pub_joints = node.create_publisher(JointState, "/joint_states", 10) if publish_joint_states else None
+    pub_tcp = node.create_publisher(PoseStamped, "/twinrl/tcp_pose", 10)
+    pub_status = node.create_publisher(BridgeStatus, "/twinrl/fr3_bridge/status", 10)
+    pub_diag = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
+    pub_applied = node.create_publisher(Action, "/twinrl/fr3_bridge/applied_action", 10)
+    pub_task = node.create_publisher(TaskStatus, "/twinrl/task_status", 10)
+    pub_obj = node.create_publisher(PoseStamped, "/twinrl/sim/object_pose", 10)
+    cam_pubs: dict = {}
+
+    def on_action(msg):
+        a7 = action_from_msg(msg)
+        prev = bridge.target
+        prev_p = None if prev is None else np.array(prev.position)
+        prev_q = None if prev is None else np.array(prev.quaternion)
+        d = bridge.on_action(a7, source=int(msg.source), intervention=bool(msg.intervention))
+        if d.accepted and d.target is not None and prev_p is not None:
+            out = Action()
+            out.header.stamp = node.get_clock().now().to_msg()
+            out.header.frame_id = base_frame
+            dp, drot = executed_delta(prev_p, prev_q, d.target.position, d.target.quaternion)
+            out.delta_position.x, out.delta_position.y, out.delta_position.z = (float(v) for v in dp)
+            out.delta_rotation.x, out.delta_rotation.y, out.delta_rotation.z = (float(v) for v in drot)
+            out.gripper = float(d.target.gripper)
+            out.source = msg.source
+            out.intervention = bool(d.intervention)
+            out.policy_version = msg.policy_version
+            out.step = msg.step
+            pub_applied.publish(out)
+
+    node.create_subscription(Action, "/twinrl/action", on_action, 100)
+    node.create_subscription(Bool, "/twinrl/estop", lambda m: log.warning(bridge.set_estop(bool(m.data))), 10)
+
+    def on_set_mode(req, resp):
+        ok, message, prev = bridge.set_mode(int(req.mode))
+        resp.ok, resp.message, resp.previous_mode = ok, message, prev
+        log.info(message)
+        return resp
+
+    node.create_service(SetControlMode, "/twinrl/fr3_bridge/set_mode", on_set_mode)
+
+    try:
+        from std_srvs.srv import SetBool
+
+        def on_estop_srv(req, resp):
+            resp.message = bridge.set_estop(bool(req.data))
+            resp.success = True
+            log.warning(resp.message)
+            return resp
+
+        node.create_service(SetBool, "/twinrl/estop", on_estop_srv)
+    except ImportError:
+        log.warning("std_srvs is not installed: e-stop only on the /twinrl/estop topic (no service)")
+
+    reset_group = MutuallyExclusiveCallbackGroup()
+
+    def on_reset(req, resp):
+        conf = configuration_from_msg(req.configuration)
+        if not conf.get("task"):
+            conf["task"] = task
+        ok, message, applied = bridge.reset(conf)
+        resp.ok, resp.message = ok, message
+        resp.applied = configuration_to_msg(applied, req.configuration)
+        (log.info if ok else log.error)(f"reset: {message}")
+        return resp
+
+    node.create_service(ResetEpisode, "/twinrl/fr3_bridge/reset", on_reset, callback_group=reset_group)
+
+    def on_loop():
+        state = bridge.tick()
+        if state is None:
+            return
+        stamp = node.get_clock().now().to_msg()
+        if pub_joints is not None:
+            js = JointState()
+            js.header.stamp = stamp
+            js.name = list(state.joint_names)
+            js.position = [float(v) for v in state.joint_positions]
+            js.velocity = [float(v) for v in state.joint_velocities]
+            pub_joints.publish(js)
+        tcp = PoseStamped()
+        tcp.header.stamp = stamp
+        tcp.header.frame_id = base_frame
+        fill_pose(tcp.pose, state.tcp_position, state.tcp_quaternion)
+        pub_tcp.publish(tcp)
+
+    # The control loop (watchdog, force check, backend tick) runs in a thread of its own on
+    # absolute deadlines, so it never waits behind executor callbacks.
+    loop_stop = threading.Event()
+
+    def loop_thread():
+        period = 1.0 / loop_rate
+        next_t = time.monotonic()
+        while not loop_stop.is_set() and rclpy.ok():
+            try:
+                on_loop()
+            except Exception as exc:  # keep the watchdog alive whatever a backend does
+                log.error(f"control loop: {exc}", throttle_duration_sec=5.0)
+                with bridge.lock:
+                    if not bridge.holding:
+                        bridge.holding = True
+                        try:
+                            backend.hold()
+                        except Exception:
+                            pass
+            next_t += period
+            delay = next_t - time.monotonic()
+            if delay < -period:          # fell far behind: resynchronise instead of bursting
+                next_t = time.monotonic()
+            elif delay > 0:
+                loop_stop.wait(delay)
+
+    loop_worker = threading.Thread(target=loop_thread, name="fr3_bridge_loop", daemon=True)
+    loop_worker.start()
+
+    def on_world():
+        ws = backend.world_status()
+        if ws is None:
+            return
+        stamp = node.get_clock().now().to_msg()
+        ts = TaskStatus()
+        ts.header.stamp = stamp
+        ts.task = task
+        ts.reward, ts.success, ts.done = float(ws.reward), bool(ws.success), bool(ws.done)
+        ts.source = "sim_detector"
+        pub_task.publish(ts)
+        pose7 = ws.extra.get("object_pose") if isinstance(ws.extra, dict) else None
+        if pose7 is not None and len(pose7) == 7:
+            ps = PoseStamped()
+            ps.header.stamp = stamp
+            ps.header.frame_id = base_frame
+            fill_pose(ps.pose, pose7[:3], pose7[3:])
+            pub_obj.publish(ps)
+
+    node.create_timer(envelope.cfg.control_period, on_world)
+
+    def on_cameras():
+        for frame in backend.cameras():
+            pubs = cam_pubs.get(frame.name)
+            if pubs is None:
+                base = f"/twinrl/camera/{frame.name}"
+                pubs = (node.create_publisher(Image, f"{base}/image_raw", 5),
+                        node.create_publisher(CameraInfo, f"{base}/camera_info", 5))
+                cam_pubs[frame.name] = pubs
+            stamp = node.get_clock().now().to_msg()
+            pubs[0].publish(image_msg(frame, stamp))
+            pubs[1].publish(camera_info_msg(frame, stamp))
+
+    if camera_rate > 0:
+        node.create_timer(1.0 / camera_rate, on_cameras, callback_group=MutuallyExclusiveCallbackGroup())
+
+    def on_status():
+        s = bridge.status()
+        st = BridgeStatus()
+        st.header.stamp = node.get_clock().now().to_msg()
+        st.backend = s["backend"]
+        st.mode = s["mode"]
+        st.estop = s["estop"]
+        st.holding = s["holding"]
+        st.commands_received = s["commands_received"]
+        st.commands_rejected = s["commands_rejected"]
+        st.commands_clipped = s["commands_clipped"]
+        st.last_rejection = s["last_rejection"]
+        pub_status.publish(st)
+        diag = DiagnosticArray()
+        diag.header.stamp = st.header.stamp
+        ds = DiagnosticStatus()
+        ds.name = "fr3_bridge: safety"
+        ds.hardware_id = s["backend"]
+        if s["estop"] or s["force_stopped"]:
+            ds.level, ds.message = DiagnosticStatus.ERROR, "e-stop" if s["estop"] else "force stop"
+        elif s["commands_rejected"]:
+            ds.level, ds.message = DiagnosticStatus.WARN, f"{s['commands_rejected']} commands rejected"
+        else:
+            ds.level, ds.message = DiagnosticStatus.OK, "holding" if s["holding"] else "tracking"
+        values = {k: v for k, v in s.items() if k != "reasons"}
+        values.update({f"rejected.{k}": v for k, v in s["reasons"].items()})
+        ds.values = [KeyValue(key=str(k), value=str(v)) for k, v in values.items()]
+        diag.status = [ds]
+        pub_diag.publish(diag)
+
+    node.create_timer(1.0 / status_rate, on_status)
+
+    executor = MultiThreadedExecutor(num_threads=3)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        loop_stop.set()
+        loop_worker.join(timeout=2.0)
+        try:
+            backend.stop()
+        except Exception as exc:  # stopping must not mask the shutdown
+            log.error(f"backend stop failed: {exc}")
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
