@@ -52,6 +52,7 @@ setup(
             "up = twinrl_bringup.runner:register",
             "graph = twinrl_bringup.graph:register",
             "doctor = twinrl_bringup.doctor:register",
+            "episode = twinrl_bringup.episode_client:register",
         ],
     },
 )

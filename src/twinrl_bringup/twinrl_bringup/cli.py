@@ -18,11 +18,17 @@ GROUP = "twinrl.commands"
 
 
 def _entry_points():
-    eps = metadata.entry_points()
-    selected = eps.select(group=GROUP) if hasattr(eps, "select") else eps.get(GROUP, [])
+    """Plugins of every installed distribution, first on the path winning per name.
+
+    A package can be installed twice (the colcon install space and the venv's editable
+    install); Python's entry_points() keeps only the first copy of a distribution, which can
+    be stale, so the union over all copies is taken here.
+    """
     seen = {}
-    for ep in selected:
-        seen.setdefault(ep.name, ep)
+    for dist in metadata.distributions():
+        for ep in dist.entry_points:
+            if ep.group == GROUP:
+                seen.setdefault(ep.name, ep)
     return [seen[k] for k in sorted(seen)]
 
 

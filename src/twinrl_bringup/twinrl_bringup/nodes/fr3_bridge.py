@@ -12,6 +12,7 @@ where the backend detects them.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
@@ -60,6 +61,21 @@ def main(argv=None) -> int:
     human_override_s = float(_declare(node, "human_override_s", 0.3))
     seed = int(_declare(node, "seed", 0))
     base_frame = _declare(node, "base_frame", "fr3_link0")
+
+    # Exactly one bridge may command an arm: a second one in the same ROS domain (a graph
+    # started twice, a forgotten session) would interleave targets. Look for another bridge's
+    # status publisher before touching the backend.
+    unique_check_s = float(_declare(node, "unique_check_s", 1.5))
+    deadline = time.monotonic() + unique_check_s
+    while time.monotonic() < deadline:
+        if node.count_publishers("/twinrl/fr3_bridge/status") > 0:
+            log.fatal("another fr3_bridge is already running in ROS domain "
+                      f"{os.environ.get('ROS_DOMAIN_ID', '0')} (it publishes /twinrl/fr3_bridge/status); "
+                      "two bridges would command one arm. Stop it, or use another ROS_DOMAIN_ID.")
+            node.destroy_node()
+            rclpy.try_shutdown()
+            return 1
+        rclpy.spin_once(node, timeout_sec=0.1)
 
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(levelname)s: %(message)s")
     try:
