@@ -1,4 +1,6 @@
 """twinrl_twin (see package.xml for its scope)."""
+from glob import glob
+
 from setuptools import find_packages, setup
 
 PACKAGE = "twinrl_twin"
@@ -10,12 +12,14 @@ setup(
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
+        # generated FR3 model (URDF for ROS/rviz/the twin, MJCF for MuJoCo)
+        (f"share/{PACKAGE}/assets", sorted(glob("assets/*.urdf") + glob("assets/*.xml"))),
     ],
     install_requires=["setuptools"],
     zip_safe=True,
     license="Apache-2.0",
     entry_points={
         "console_scripts": [],
-        "twinrl.commands": [],
+        "twinrl.commands": ["sim = twinrl_twin.sim.cli:register", "twin = twinrl_twin.cli:register"],
     },
 )
