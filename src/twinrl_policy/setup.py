@@ -15,7 +15,13 @@ setup(
     zip_safe=True,
     license="Apache-2.0",
     entry_points={
-        "console_scripts": [],
-        "twinrl.commands": [],
+        "console_scripts": [
+            "policy = twinrl_policy.nodes.policy_node:main",
+        ],
+        # Subcommands of `twinrl`: name = module:register.
+        "twinrl.commands": [
+            "train = twinrl_policy.cli:register_train",
+            "eval = twinrl_policy.cli:register_eval",
+        ],
     },
 )

@@ -1,0 +1,137 @@
+"""Typed configuration of the policy model and of SFT training (``config/policy.yaml``).
+
+``config/policy.yaml`` has two sections, ``model`` (:class:`ModelConfig`) and ``sft``
+(:class:`SFTConfig`), loaded with the project's one loader (``twinrl_bringup.config``), so
+unknown keys, missing keys and wrong types are errors naming the file and key.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from twinrl_bringup.config import load_config, resolve_config_path
+
+__all__ = [
+    "TASKS",
+    "ACTION_DIM",
+    "PROPRIO_DIM",
+    "ACTION_LIMITS",
+    "ModelConfig",
+    "SFTConfig",
+    "load_model_config",
+    "load_sft_config",
+]
+
+# The four tasks of the method, in the order of the task embedding's rows.
+TASKS = ("pick_and_place", "insert_hexagon", "insert_triple_column", "erase_whiteboard")
+ACTION_DIM = 7
+PROPRIO_DIM = 22
+# Per-step action limits of the envelope (config/safety.yaml): translation (m), rotation
+# vector (rad) per control step, gripper command. Normalisation never exceeds them.
+ACTION_LIMITS = (0.05, 0.05, 0.05, 0.25, 0.25, 0.25, 1.0)
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of the visuomotor policy (stored in every checkpoint)."""
+
+    backbone: str = "conv_small"                 # name in twinrl_policy.backbones registry
+    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    third_person_size: tuple[int, int] = (256, 256)   # (height, width) of the input image
+    wrist_size: tuple[int, int] = (128, 128)
+    # conv stacks: one [out_channels, kernel, stride] per layer, then a spatial softmax
+    third_person_convs: list[tuple[int, int, int]] = field(
+        default_factory=lambda: [(16, 5, 4), (32, 3, 2), (32, 3, 2), (64, 3, 1)])
+    wrist_convs: list[tuple[int, int, int]] = field(
+        default_factory=lambda: [(16, 5, 2), (32, 3, 2), (32, 3, 2), (64, 3, 1)])
+    image_feature_dim: int = 64                  # per camera, after the keypoint projection
+    proprio_hidden: int = 64
+    task_embedding_dim: int = 16
+    instruction_encoder: str = ""                # "" = none; else a name in the text-encoder registry
+    instruction_dim: int = 0                     # size of the instruction embedding (0 = unused)
+    trunk_hidden: list[int] = field(default_factory=lambda: [256, 256])
+    log_std_min: float = -3.0
+    log_std_max: float = 2.0
+    init_log_std: float = -0.5
+    backbone_options: dict[str, Any] = field(default_factory=dict)   # e.g. a local weights path
+
+    def validate(self) -> None:
+        if not self.tasks:
+            raise ValueError("tasks: at least one task is needed")
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"tasks: duplicate names in {self.tasks}")
+        for name, size in (("third_person_size", self.third_person_size), ("wrist_size", self.wrist_size)):
+            if min(size) < 8:
+                raise ValueError(f"{name}: images must be at least 8x8, got {list(size)}")
+        for name, convs in (("third_person_convs", self.third_person_convs), ("wrist_convs", self.wrist_convs)):
+            if not convs:
+                raise ValueError(f"{name}: at least one conv layer is needed")
+            for i, (ch, k, s) in enumerate(convs):
+                if ch < 1 or k < 1 or s < 1:
+                    raise ValueError(f"{name}[{i}]: channels, kernel and stride must be >= 1, got {[ch, k, s]}")
+        if not self.log_std_min < self.log_std_max:
+            raise ValueError("log_std_min must be below log_std_max")
+        if not self.log_std_min <= self.init_log_std <= self.log_std_max:
+            raise ValueError("init_log_std must lie in [log_std_min, log_std_max]")
+        if bool(self.instruction_encoder) != (self.instruction_dim > 0):
+            raise ValueError("instruction_encoder and instruction_dim > 0 go together")
+        for name in ("image_feature_dim", "proprio_hidden", "task_embedding_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1")
+
+    def task_index(self, task: str) -> int:
+        try:
+            return self.tasks.index(task)
+        except ValueError:
+            raise ValueError(f"unknown task {task!r} (this policy knows: {', '.join(self.tasks)})") from None
+
+
+@dataclass
+class SFTConfig:
+    """Hyper-parameters of supervised fine-tuning (L_IL = -E log pi(a|s))."""
+
+    steps: int = 20000
+    batch_size: int = 64
+    alpha: float = 0.5                 # probability that a batch sample comes from the real set
+    learning_rate: float = 3.0e-4
+    weight_decay: float = 1.0e-4
+    grad_clip: float = 1.0
+    augment: bool = True
+    shift_pixels: int = 8              # random shift (pad + crop) for the 256 px image; scaled per camera
+    brightness: float = 0.2            # colour jitter strengths (0 = off)
+    contrast: float = 0.2
+    saturation: float = 0.2
+    action_margin: float = 0.1         # normalisation range = data range widened by this fraction
+    min_action_range: float = 0.1      # ... and at least this fraction of the per-step limit
+    log_every: int = 20                # TensorBoard scalars every N steps
+    save_every: int = 500              # checkpoint + training state every N steps
+    seed: int = 0
+    num_threads: int = 0               # torch threads (0 = leave torch's default)
+    real_sources: list[str] = field(default_factory=lambda: ["real", "demo", "intervention"])
+    twin_sources: list[str] = field(default_factory=lambda: ["twin"])
+    success_only: bool = False         # train on successful episodes only
+
+    def validate(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0 or not math.isfinite(self.alpha):
+            raise ValueError(f"alpha: must lie in [0, 1], got {self.alpha}")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("steps and batch_size must be >= 1")
+        if self.learning_rate <= 0:
+            raise ValueError("learning_rate must be > 0")
+        if self.save_every < 1 or self.log_every < 1:
+            raise ValueError("save_every and log_every must be >= 1")
+        if set(self.real_sources) & set(self.twin_sources):
+            raise ValueError("real_sources and twin_sources overlap")
+
+
+def _path(path: Optional[str]):
+    return resolve_config_path(path or "policy.yaml")
+
+
+def load_model_config(path: Optional[str] = None, overrides=()) -> ModelConfig:
+    return load_config(_path(path), ModelConfig, overrides, section="model")
+
+
+def load_sft_config(path: Optional[str] = None, overrides=()) -> SFTConfig:
+    return load_config(_path(path), SFTConfig, overrides, section="sft")

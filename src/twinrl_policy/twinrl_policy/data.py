@@ -1,0 +1,122 @@
+"""Demonstration pools for SFT: real and twin steps in memory, sampled with mix ratio alpha.
+
+Episodes come from datasets in the format of ``twinrl_bringup.dataset`` (docs/dataset.md).
+An episode belongs to the *real* pool when its ``episode_source`` is one of
+``real_sources`` (default real, demo, intervention) and to the *twin* pool when it is one of
+``twin_sources`` (default twin). :func:`sample_indices` draws each batch sample from the real
+pool with probability alpha (falling back to the other pool when one is empty).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from twinrl_bringup.dataset import IMAGE_KEYS, Dataset, DatasetError
+
+from .config import ModelConfig
+
+__all__ = ["DemoPool", "load_demo_pools", "sample_indices"]
+
+
+@dataclass
+class DemoPool:
+    name: str
+    third_person: np.ndarray          # (N, H, W, 3) uint8
+    wrist: np.ndarray                 # (N, h, w, 3) uint8
+    proprio: np.ndarray               # (N, 22) float32
+    action: np.ndarray                # (N, 7) float32
+    episodes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(len(self.action))
+
+    @classmethod
+    def empty(cls, name: str, cfg: ModelConfig) -> "DemoPool":
+        return cls(name, np.zeros((0, *cfg.third_person_size, 3), np.uint8),
+                   np.zeros((0, *cfg.wrist_size, 3), np.uint8), np.zeros((0, 22), np.float32),
+                   np.zeros((0, 7), np.float32))
+
+    def batch(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        return {"third_person": self.third_person[idx], "wrist": self.wrist[idx],
+                "proprio": self.proprio[idx], "action": self.action[idx]}
+
+
+def _check_images(path, obs: dict, cfg: ModelConfig) -> None:
+    for key, size in zip(IMAGE_KEYS, (cfg.third_person_size, cfg.wrist_size)):
+        if key not in obs:
+            raise DatasetError(path, f"episode has no {key!r} images; the visuomotor policy needs both cameras")
+        got = tuple(obs[key].shape[1:3])
+        if got != tuple(size):
+            raise DatasetError(path, f"{key} images are {got[0]}x{got[1]}, the model expects {size[0]}x{size[1]} "
+                                     f"(set model.{key}_size)")
+
+
+def load_demo_pools(dirs: Sequence, task: str, cfg: ModelConfig, real_sources=("real", "demo", "intervention"),
+                    twin_sources=("twin",), success_only: bool = False, progress: bool = True,
+                    ) -> tuple[DemoPool, DemoPool, dict]:
+    """Load every episode of ``task`` from the dataset directories into a real and a twin pool."""
+    if not dirs:
+        raise ValueError("no dataset directories given")
+    cfg.task_index(task)  # the policy must know the task
+    parts = {"real": {k: [] for k in ("third_person", "wrist", "proprio", "action")},
+             "twin": {k: [] for k in ("third_person", "wrist", "proprio", "action")}}
+    ids = {"real": [], "twin": []}
+    info = {"ignored_episodes": 0, "skipped_files": []}
+    selected = []
+    for d in dirs:
+        if not Path(d).is_dir():
+            raise DatasetError(d, "dataset directory does not exist")
+        ds = Dataset(d).filter(task=task, success=True if success_only else None)
+        info["skipped_files"] += list(ds.skipped)
+        for i, entry in enumerate(ds.entries):
+            src = entry["episode_source"]
+            pool = "real" if src in real_sources else "twin" if src in twin_sources else None
+            if pool is None:
+                info["ignored_episodes"] += 1
+                continue
+            selected.append((ds, i, pool))
+    for ds, i, pool in tqdm(selected, desc="loading demos", unit="ep", disable=not progress, leave=False):
+        path = ds.path(i)
+        ep = ds.load(i)
+        _check_images(path, ep.observations, cfg)
+        T = ep.length
+        for key in ("third_person", "wrist", "proprio"):
+            parts[pool][key].append(np.asarray(ep.observations[key][:T]))
+        parts[pool]["action"].append(np.asarray(ep.actions, np.float32))
+        ids[pool].append(ep.episode_id)
+    pools = []
+    for name in ("real", "twin"):
+        if not ids[name]:
+            pools.append(DemoPool.empty(name, cfg))
+            continue
+        p = parts[name]
+        pools.append(DemoPool(name, np.concatenate(p["third_person"]), np.concatenate(p["wrist"]),
+                              np.concatenate(p["proprio"]).astype(np.float32),
+                              np.concatenate(p["action"]).astype(np.float32), ids[name]))
+    if not len(pools[0]) and not len(pools[1]):
+        raise ValueError(f"no usable episodes of task {task!r} in {', '.join(str(d) for d in dirs)}")
+    info["real_steps"], info["twin_steps"] = len(pools[0]), len(pools[1])
+    info["real_episodes"], info["twin_episodes"] = len(ids["real"]), len(ids["twin"])
+    return pools[0], pools[1], info
+
+
+def sample_indices(n_real: int, n_twin: int, batch: int, alpha: float,
+                   generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Indices into the real and the twin pool for one batch: each sample is real with
+    probability alpha; with an empty pool every sample comes from the other one."""
+    if n_real == 0 and n_twin == 0:
+        raise ValueError("both demonstration pools are empty")
+    if n_real == 0:
+        k = 0
+    elif n_twin == 0:
+        k = batch
+    else:
+        k = int((torch.rand(batch, generator=generator) < alpha).sum())
+    ir = torch.randint(0, max(n_real, 1), (k,), generator=generator).numpy()
+    it = torch.randint(0, max(n_twin, 1), (batch - k,), generator=generator).numpy()
+    return ir, it

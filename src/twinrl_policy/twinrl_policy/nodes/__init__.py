@@ -1,0 +1,1 @@
+"""ROS 2 nodes of twinrl_policy (thin shells over the core modules)."""

@@ -1,0 +1,238 @@
+"""Supervised fine-tuning (SFT): L_IL = -E log pi(a|s) over real + twin demonstrations.
+
+Every batch sample comes from the real pool with probability ``alpha`` and from the twin
+pool otherwise. Images are augmented (random shift, colour jitter); actions are normalised
+to (-1, 1) with statistics computed once from all demonstrations (stored in the checkpoint).
+
+Outputs, for ``out = policy.ckpt``:
+
+* ``policy.ckpt``: the policy checkpoint (twinrl_policy.checkpoint), written every
+  ``save_every`` steps and at the end;
+* ``policy.ckpt.state``: the training state (weights, optimiser, step, RNG states, loss
+  history), written with the checkpoint; a new run with the same ``out`` resumes from it,
+  reproducing the uninterrupted run exactly (same batches, same augmentations);
+* TensorBoard scalars under ``logdir`` (default ``policy_tb/`` beside the checkpoint).
+"""
+from __future__ import annotations
+
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from twinrl_bringup.config import from_dict, to_dict
+
+from .augment import augment_images
+from .checkpoint import file_sha256, save_checkpoint
+from .config import ModelConfig, SFTConfig
+from .data import DemoPool, load_demo_pools, sample_indices
+from .model import VisuomotorPolicy, images_to_tensor
+from .normalization import NormStats
+
+__all__ = ["SFTTrainer", "SFTResult", "state_path", "make_batch", "action_error"]
+
+
+def state_path(out) -> Path:
+    out = Path(out)
+    return out.with_name(out.name + ".state")
+
+
+@dataclass
+class SFTResult:
+    checkpoint: Path
+    sha256: str
+    steps: int
+    final_loss: float
+    losses: list = field(default_factory=list)
+    samples_per_second: float = float("nan")
+    resumed_from: int = 0
+
+
+def make_batch(policy: VisuomotorPolicy, arrays: dict, task_index: int) -> dict:
+    """Numpy arrays (third_person, wrist, proprio) -> the policy's tensor batch."""
+    n = len(arrays["proprio"])
+    return {"third_person": images_to_tensor(arrays["third_person"]),
+            "wrist": images_to_tensor(arrays["wrist"]),
+            "proprio": torch.as_tensor(arrays["proprio"], dtype=torch.float32),
+            "task": torch.full((n,), task_index, dtype=torch.long)}
+
+
+@torch.no_grad()
+def action_error(policy: VisuomotorPolicy, pool: DemoPool, task: str, max_samples: int = 256) -> float:
+    """Mean absolute error between the deterministic action and the demo action, in the
+    normalised action space (comparable across dimensions)."""
+    n = min(len(pool), max_samples)
+    idx = np.arange(n)
+    arrays = pool.batch(idx)
+    policy.eval()
+    pred = policy.act(make_batch(policy, arrays, policy.cfg.task_index(task)), deterministic=True)
+    y_pred = policy.to_normalized(pred)
+    y_true = policy.to_normalized(torch.as_tensor(arrays["action"]))
+    return float((y_pred - y_true).abs().mean())
+
+
+class SFTTrainer:
+    def __init__(self, task: str, data_dirs: Sequence, out, model_cfg: ModelConfig, sft_cfg: SFTConfig,
+                 logdir=None, version: int = 1, resume: bool = True, progress: bool = True,
+                 log: Callable[[str], None] = print, pools: Optional[tuple[DemoPool, DemoPool]] = None):
+        self.task = task
+        self.out = Path(out)
+        self.model_cfg = model_cfg
+        self.cfg = sft_cfg
+        self.version = int(version)
+        self.progress = progress
+        self.log = log
+        self.logdir = Path(logdir) if logdir else self.out.with_name(self.out.stem + "_tb")
+        if sft_cfg.num_threads > 0:
+            torch.set_num_threads(sft_cfg.num_threads)
+        model_cfg.task_index(task)
+        if pools is None:
+            real, twin, info = load_demo_pools(data_dirs, task, model_cfg, sft_cfg.real_sources,
+                                               sft_cfg.twin_sources, sft_cfg.success_only, progress)
+            for path, reason in info["skipped_files"]:
+                log(f"skipped {path}: {reason}")
+        else:
+            real, twin = pools
+        self.real, self.twin = real, twin
+        if len(real) == 0 and sft_cfg.alpha > 0:
+            log(f"warning: no real demonstrations; alpha={sft_cfg.alpha} ignored, training on twin demos only")
+        if len(twin) == 0 and sft_cfg.alpha < 1:
+            log(f"warning: no twin demonstrations; alpha={sft_cfg.alpha} ignored, training on real demos only")
+        log(f"SFT {task}: {len(real)} real steps ({len(real.episodes)} episodes), {len(twin)} twin steps "
+            f"({len(twin.episodes)} episodes), alpha={sft_cfg.alpha}")
+
+        self.generator = torch.Generator().manual_seed(sft_cfg.seed)
+        torch.manual_seed(sft_cfg.seed)
+        self.step = 0
+        self.losses: list[float] = []
+        self.resumed_from = 0
+        st = state_path(self.out)
+        state = None
+        if resume and st.exists():
+            state = torch.load(st, map_location="cpu", weights_only=False)
+            self._check_state(st, state)
+            norm = NormStats.from_dict(state["norm_stats"])
+        else:
+            all_p = np.concatenate([real.proprio, twin.proprio])
+            all_a = np.concatenate([real.action, twin.action])
+            norm = NormStats.from_data(all_p, all_a, sft_cfg.action_margin, sft_cfg.min_action_range)
+        self.policy = VisuomotorPolicy(model_cfg, norm)
+        self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=sft_cfg.learning_rate,
+                                           weight_decay=sft_cfg.weight_decay)
+        if state is not None:
+            self.policy.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.step = int(state["step"])
+            self.losses = list(state["losses"])
+            self.generator.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])
+            np.random.set_state(state["numpy_rng"])
+            random.setstate(state["python_rng"])
+            self.resumed_from = self.step
+            log(f"resuming from {st} at step {self.step}")
+        self.task_index = model_cfg.task_index(task)
+
+    def _check_state(self, path: Path, state: dict) -> None:
+        if not isinstance(state, dict) or "model" not in state or "step" not in state:
+            raise ValueError(f"{path}: not an SFT training state; delete it or pass --no-resume")
+        if state.get("task") != self.task:
+            raise ValueError(f"{path}: training state is for task {state.get('task')!r}, not {self.task!r}; "
+                             f"use another --out or --no-resume")
+        saved = from_dict(state["model_config"], ModelConfig, str(path), "model_config")
+        if to_dict(saved) != to_dict(self.model_cfg):
+            raise ValueError(f"{path}: training state has a different model config; use another --out or "
+                             f"--no-resume")
+
+    # ------------------------------------------------------------------ training
+    def _batch(self) -> tuple[dict, torch.Tensor, float]:
+        cfg = self.cfg
+        ir, it = sample_indices(len(self.real), len(self.twin), cfg.batch_size, cfg.alpha, self.generator)
+        parts = [p.batch(i) for p, i in ((self.real, ir), (self.twin, it)) if len(i)]
+        arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        batch = make_batch(self.policy, arrays, self.task_index)
+        if cfg.augment:
+            for key, size in (("third_person", self.model_cfg.third_person_size), ("wrist", self.model_cfg.wrist_size)):
+                shift = int(round(cfg.shift_pixels * min(size) / 256.0))
+                batch[key] = augment_images(batch[key], max(shift, 1) if cfg.shift_pixels > 0 else 0,
+                                            cfg.brightness, cfg.contrast, cfg.saturation, self.generator)
+        y = self.policy.to_normalized(torch.as_tensor(arrays["action"], dtype=torch.float32))
+        return batch, y, len(ir) / cfg.batch_size
+
+    def train_step(self) -> tuple[float, float, float]:
+        self.policy.train()
+        batch, y, real_frac = self._batch()
+        loss = -self.policy.log_prob_normalized(batch, y).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.grad_clip))
+        self.optimizer.step()
+        self.step += 1
+        return float(loss.detach()), grad_norm, real_frac
+
+    def save(self) -> str:
+        meta = {"stage": "sft", "task": self.task, "step": self.step, "alpha": self.cfg.alpha,
+                "real_episodes": len(self.real.episodes), "twin_episodes": len(self.twin.episodes),
+                "final_loss": self.losses[-1] if self.losses else None}
+        sha = save_checkpoint(self.out, self.policy, version=self.version, metadata=meta)
+        st = state_path(self.out)
+        tmp = st.with_name(f".{st.name}.{os.getpid()}.tmp")
+        torch.save({"task": self.task, "step": self.step, "model": self.policy.state_dict(),
+                    "optimizer": self.optimizer.state_dict(), "losses": self.losses,
+                    "model_config": to_dict(self.model_cfg), "sft_config": to_dict(self.cfg),
+                    "norm_stats": self.policy.norm.to_dict(), "generator": self.generator.get_state(),
+                    "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
+                    "python_rng": random.getstate()}, tmp)
+        os.replace(tmp, st)
+        return sha
+
+    def train(self, steps: Optional[int] = None) -> SFTResult:
+        total = int(steps if steps is not None else self.cfg.steps)
+        writer = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(self.logdir), purge_step=self.step if self.step else None)
+        except ImportError:  # pragma: no cover - tensorboard is a declared dependency
+            self.log("warning: tensorboard is not installed; no TensorBoard scalars")
+        bar = tqdm(total=total, initial=min(self.step, total), desc=f"sft {self.task}", unit="step",
+                   disable=not self.progress, dynamic_ncols=True)
+        t0, s0 = time.perf_counter(), self.step
+        sha = None
+        try:
+            while self.step < total:
+                loss, grad_norm, real_frac = self.train_step()
+                self.losses.append(loss)
+                bar.update(1)
+                if self.step % self.cfg.log_every == 0 or self.step == total:
+                    rate = (self.step - s0) * self.cfg.batch_size / max(time.perf_counter() - t0, 1e-9)
+                    bar.set_postfix(loss=f"{loss:.3f}")
+                    if writer is not None:
+                        writer.add_scalar("sft/loss_il", loss, self.step)
+                        writer.add_scalar("sft/grad_norm", grad_norm, self.step)
+                        writer.add_scalar("sft/real_fraction", real_frac, self.step)
+                        writer.add_scalar("sft/samples_per_second", rate, self.step)
+                        writer.add_scalar("sft/lr", self.optimizer.param_groups[0]["lr"], self.step)
+                if self.step % self.cfg.save_every == 0 and self.step < total:
+                    self.save()
+            sha = self.save()
+        except KeyboardInterrupt:
+            if self.step > s0:
+                self.save()
+                self.log(f"interrupted at step {self.step}; state saved to {state_path(self.out)} "
+                         f"(run the same command again to resume)")
+            raise
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
+        elapsed = time.perf_counter() - t0
+        rate = (self.step - s0) * self.cfg.batch_size / elapsed if self.step > s0 else float("nan")
+        return SFTResult(self.out, sha or file_sha256(self.out), self.step,
+                         self.losses[-1] if self.losses else float("nan"), list(self.losses), rate,
+                         self.resumed_from)

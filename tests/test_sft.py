@@ -1,0 +1,138 @@
+"""SFT trainer: learning on a synthetic rule, real/twin mixing, resume, the `twinrl train sft` CLI."""
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from test_policy_fixtures import rule_observation, tiny_model_config, tiny_sft_config, write_rule_dataset
+from twinrl_bringup.dataset import DatasetError
+from twinrl_policy.checkpoint import file_sha256, load_checkpoint, load_policy
+from twinrl_policy.data import DemoPool, load_demo_pools, sample_indices
+from twinrl_policy.model import VisuomotorPolicy
+from twinrl_policy.sft import SFTTrainer, action_error, make_batch, state_path
+
+TASK = "pick_and_place"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demos")
+    write_rule_dataset(root / "real", 4, 30, "demo", seed=1)
+    write_rule_dataset(root / "twin", 4, 30, "twin", seed=2)
+    write_rule_dataset(root / "twin", 1, 10, "twin", task="erase_whiteboard", seed=3)  # other task: ignored
+    return [root / "real", root / "twin"]
+
+
+def _held_out(n=128):
+    obs, act = rule_observation(np.random.default_rng(99), n)
+    return DemoPool("test", obs["third_person"], obs["wrist"], obs["proprio"], act)
+
+
+def test_pools_split_real_and_twin_by_source(data):
+    real, twin, info = load_demo_pools(data, TASK, tiny_model_config(), progress=False)
+    assert (len(real), len(twin)) == (120, 120)
+    assert info["real_episodes"] == 4 and info["twin_episodes"] == 4
+    real_only, twin_none, _ = load_demo_pools(data[:1], TASK, tiny_model_config(), progress=False)
+    assert len(real_only) == 120 and len(twin_none) == 0
+    with pytest.raises(DatasetError, match=r"third_person images are 32x32, the model expects 256x256") as err:
+        load_demo_pools(data, TASK, tiny_model_config(third_person_size=(256, 256)), progress=False)
+    assert ".npz" in str(err.value)
+    with pytest.raises(ValueError, match="unknown task 'stack_cups'"):
+        load_demo_pools(data, "stack_cups", tiny_model_config(), progress=False)
+
+
+def test_alpha_is_the_probability_of_a_real_sample():
+    g = torch.Generator().manual_seed(0)
+    for alpha in (0.0, 0.25, 0.8, 1.0):
+        n_real = sum(len(sample_indices(100, 100, 64, alpha, g)[0]) for _ in range(200))
+        assert abs(n_real / (200 * 64) - alpha) < 0.02
+    ir, it = sample_indices(0, 50, 16, 0.9, g)  # no real data: everything from the twin pool
+    assert len(ir) == 0 and len(it) == 16 and it.max() < 50
+
+
+@pytest.mark.slow
+def test_sft_loss_goes_down_and_beats_the_untrained_policy(data, tmp_path):
+    out = tmp_path / "policy.ckpt"
+    tr = SFTTrainer(TASK, data, out, tiny_model_config(), tiny_sft_config(steps=450), progress=False,
+                    log=lambda s: None)
+    test = _held_out()
+    err_untrained = action_error(tr.policy, test, TASK)
+    result = tr.train()
+    err_trained = action_error(tr.policy, test, TASK)
+    first, last = np.mean(result.losses[:30]), np.mean(result.losses[-30:])
+    assert last < first - 5.0, (first, last)
+    assert err_trained < 0.5 * err_untrained, (err_untrained, err_trained)
+    # the image-dependent dimension (dx) and the gripper were learned, not only the constant ones
+    policy, ckpt = load_policy(out)
+    arr = test.batch(np.arange(len(test)))
+    with torch.no_grad():
+        pred = policy.act(make_batch(policy, arr, 0)).numpy()
+    assert np.corrcoef(pred[:, 0], arr["action"][:, 0])[0, 1] > 0.8
+    assert np.mean(np.sign(pred[:, 6]) == arr["action"][:, 6]) > 0.9
+    assert ckpt.metadata["stage"] == "sft" and ckpt.metadata["step"] == 450 and result.sha256 == file_sha256(out)
+    assert list((tmp_path / "policy_tb").glob("events.out.tfevents.*"))  # TensorBoard scalars
+
+
+def test_interrupted_training_resumes_exactly(data, tmp_path, monkeypatch):
+    cfg = dict(steps=12, batch_size=8, save_every=4, log_every=4)
+    straight = SFTTrainer(TASK, data, tmp_path / "a.ckpt", tiny_model_config(), tiny_sft_config(**cfg),
+                          progress=False, log=lambda s: None)
+    straight.train()
+
+    first = SFTTrainer(TASK, data, tmp_path / "b.ckpt", tiny_model_config(), tiny_sft_config(**cfg),
+                       progress=False, log=lambda s: None)
+    real_step = first.train_step
+
+    def interrupting_step():
+        if first.step == 7:
+            raise KeyboardInterrupt
+        return real_step()
+    monkeypatch.setattr(first, "train_step", interrupting_step)
+    with pytest.raises(KeyboardInterrupt):
+        first.train()
+    assert torch.load(state_path(tmp_path / "b.ckpt"), weights_only=False)["step"] == 7
+    logs = []
+    resumed = SFTTrainer(TASK, data, tmp_path / "b.ckpt", tiny_model_config(), tiny_sft_config(**cfg),
+                         progress=False, log=logs.append)
+    assert resumed.step == 7 and any("resuming" in m for m in logs)
+    result = resumed.train()
+    assert result.steps == 12 and result.resumed_from == 7
+    a, b = straight.policy.state_dict(), resumed.policy.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert np.allclose(straight.losses, resumed.losses)
+    # a state from another task is refused
+    with pytest.raises(ValueError, match="training state is for task 'pick_and_place'"):
+        SFTTrainer("erase_whiteboard", data, tmp_path / "b.ckpt", tiny_model_config(),
+                   tiny_sft_config(**cfg), progress=False, log=lambda s: None)
+
+
+TINY_SET = ["model.third_person_size=[32,32]", "model.wrist_size=[16,16]",
+            "model.third_person_convs=[[8,3,2],[16,3,2]]", "model.wrist_convs=[[8,3,2],[16,3,1]]",
+            "model.trunk_hidden=[32,32]", "model.image_feature_dim=8"]
+
+
+@pytest.mark.slow
+def test_cli_train_sft_quick(data, tmp_path, ros_env):
+    out = tmp_path / "cli.ckpt"
+    cmd = ["twinrl", "train", "sft", "--task", TASK, "--data", *map(str, data), "--alpha", "0.7",
+           "--out", str(out), "--quick", "--version", "3", "--threads", "1", "--no-progress"]
+    for s in TINY_SET:
+        cmd += ["--set", s]
+    r = subprocess.run(cmd, env=ros_env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    ckpt = load_checkpoint(out)
+    assert ckpt.version == 3 and ckpt.metadata["step"] == 50 and ckpt.metadata["alpha"] == 0.7
+    assert f"sha256: {file_sha256(out)}" in r.stdout
+    bad = subprocess.run(["twinrl", "train", "sft", "--task", TASK, "--data", str(data[0]), "--out",
+                          str(tmp_path / "x.ckpt"), "--quick", "--no-progress"],
+                         env=ros_env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "the model expects 256x256" in bad.stderr and ".npz" in bad.stderr
+    assert not (tmp_path / "x.ckpt").exists()
+
+
+def test_untrained_policy_is_a_valid_baseline():
+    policy = VisuomotorPolicy(tiny_model_config())
+    assert action_error(policy, _held_out(16), TASK) > 0.1
