@@ -104,6 +104,8 @@ def test_expert_episode_through_fr3_bridge_sim(rclpy_context, ros_env, tmp_path)
         assert ep.observations["wrist"].shape == (r.length + 1, 48, 48, 3)
         # the arm moved: the recorded TCP heights span the approach, grasp and lift
         z = ep.observations["proprio"][:, 16]
+        width = ep.observations["proprio"][:, 21]   # gripper width, from fr3_bridge's finger joints
+        assert width.max() > 0.03 and width.min() < width.max() - 0.01, "gripper width not recorded"
         assert z.max() - z.min() > 0.05
         # the gripper closed at some point and the object ended near the plate
         assert (ep.actions[:, 6] > 0.5).any() and (ep.actions[:, 6] < -0.5).any()

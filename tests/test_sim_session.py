@@ -17,7 +17,7 @@ def _twinrl(*args):
     return [sys.executable, "-m", "twinrl_bringup.cli", *args]
 
 
-def test_episode_cli_and_single_bridge(ros_env, tmp_path):
+def test_episode_cli_and_single_bridge(ros_env, tmp_path, spawn_node):
     graph = start_graph(ros_env, tmp_path)
     try:
         res = subprocess.run(_twinrl("episode", "run", "--controller", "expert", "--region", "ood", "--count", "1",
@@ -30,10 +30,15 @@ def test_episode_cli_and_single_bridge(ros_env, tmp_path):
         ep = summary["results"][0]
         assert ep["region"] == "ood" and 0 < ep["length"] < 150 and ep["return"] > 0
 
-        second = subprocess.run(_twinrl("up", "sim", "--no-color", "--set", "use_intervention=false"),
-                                env=ros_env, capture_output=True, text=True, timeout=90)
-        assert second.returncode == 1, second.stdout
-        assert "another fr3_bridge is already running" in second.stdout
+        # A second bridge in the same domain must refuse to start (it would command the same arm).
+        second = spawn_node("twinrl_bringup", "fr3_bridge", name="fr3_bridge_2",
+                            parameters={"backend": "sim", "unique_check_s": 15.0})
+        try:
+            rc = second.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            rc = None
+        assert rc == 1, second.output()[-2000:]
+        assert "another fr3_bridge is already running" in second.output()
         assert graph.poll() is None, "the first graph must keep running"
     finally:
         stop_graph(graph)

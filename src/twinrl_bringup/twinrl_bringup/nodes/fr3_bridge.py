@@ -12,6 +12,7 @@ where the backend detects them.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import threading
@@ -61,6 +62,9 @@ def main(argv=None) -> int:
     human_override_s = float(_declare(node, "human_override_s", 0.3))
     seed = int(_declare(node, "seed", 0))
     base_frame = _declare(node, "base_frame", "fr3_link0")
+    # finger joint names published with /joint_states (gripper width / 2 each); "" to omit
+    finger_joints = [n for n in str(_declare(node, "finger_joints", "fr3_finger_joint1,fr3_finger_joint2")).split(",")
+                     if n.strip()]
 
     # Exactly one bridge may command an arm: a second one in the same ROS domain (a graph
     # started twice, a forgotten session) would interleave targets. Look for another bridge's
@@ -169,9 +173,15 @@ def main(argv=None) -> int:
         if pub_joints is not None:
             js = JointState()
             js.header.stamp = stamp
-            js.name = list(state.joint_names)
-            js.position = [float(v) for v in state.joint_positions]
-            js.velocity = [float(v) for v in state.joint_velocities]
+            names = list(state.joint_names)
+            position = [float(v) for v in state.joint_positions]
+            velocity = [float(v) for v in state.joint_velocities]
+            if finger_joints and math.isfinite(state.gripper_width):
+                # FR3 hand: two prismatic fingers, each opened by half the width
+                names += finger_joints
+                position += [float(state.gripper_width) / 2.0] * len(finger_joints)
+                velocity += [0.0] * len(finger_joints)
+            js.name, js.position, js.velocity = names, position, velocity
             pub_joints.publish(js)
         tcp = PoseStamped()
         tcp.header.stamp = stamp
