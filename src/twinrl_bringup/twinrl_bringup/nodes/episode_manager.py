@@ -449,9 +449,11 @@ def load_node_config(p: dict) -> EpisodeManagerConfig:
 
 def main(argv=None) -> int:
     import rclpy
+
+    from twinrl_bringup.nodes import spin_until_shutdown
     from rclpy.action import ActionServer, CancelResponse, GoalResponse
     from rclpy.callback_groups import ReentrantCallbackGroup
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from rclpy.executors import MultiThreadedExecutor
     from twinrl_msgs.action import RunEpisode
     from twinrl_msgs.msg import Episode
 
@@ -561,14 +563,7 @@ def main(argv=None) -> int:
     log.info(f"episode_manager ready on {p['action_name']} (dataset {config.dataset_dir})")
     executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return spin_until_shutdown(node, executor)
 
 
 if __name__ == "__main__":

@@ -27,8 +27,10 @@ def _declare(node, name, default):
 
 def main(argv=None) -> int:
     import rclpy
+
+    from twinrl_bringup.nodes import spin_until_shutdown
     from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from rclpy.executors import MultiThreadedExecutor
     from rclpy.node import Node
 
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -286,22 +288,17 @@ def main(argv=None) -> int:
 
     node.create_timer(1.0 / status_rate, on_status)
 
-    executor = MultiThreadedExecutor(num_threads=3)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
+    def on_shutdown():
         loop_stop.set()
         loop_worker.join(timeout=2.0)
         try:
             backend.stop()
         except Exception as exc:  # stopping must not mask the shutdown
             log.error(f"backend stop failed: {exc}")
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+
+    executor = MultiThreadedExecutor(num_threads=3)
+    executor.add_node(node)
+    return spin_until_shutdown(node, executor, on_shutdown=on_shutdown)
 
 
 if __name__ == "__main__":

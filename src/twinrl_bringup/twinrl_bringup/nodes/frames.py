@@ -13,7 +13,8 @@ import sys
 
 def main(argv=None) -> int:
     import rclpy
-    from rclpy.executors import ExternalShutdownException
+
+    from twinrl_bringup.nodes import spin_until_shutdown
     from rclpy.node import Node
     from rclpy.qos import DurabilityPolicy, QoSProfile
 
@@ -122,14 +123,7 @@ def main(argv=None) -> int:
     node.create_subscription(SuccessMap, cfg.success_map_topic, on_map, 10)
     publish_markers()
     node.create_timer(1.0 / cfg.marker_rate, publish_markers)
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return spin_until_shutdown(node)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ import time
 
 def main(argv=None) -> int:
     import rclpy
-    from rclpy.executors import ExternalShutdownException
+
+    from twinrl_bringup.nodes import spin_until_shutdown
     from rclpy.node import Node
     from rclpy.qos import qos_profile_sensor_data
 
@@ -87,14 +88,7 @@ def main(argv=None) -> int:
     for name, stream in cfg.cameras.items():
         if name in only:
             make(name, stream)
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return spin_until_shutdown(node)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,8 @@ def _pyspacemouse_reader(state, lock, stop, log):
 
 def main(argv=None) -> int:
     import rclpy
-    from rclpy.executors import ExternalShutdownException
+
+    from twinrl_bringup.nodes import spin_until_shutdown
     from rclpy.node import Node
 
     from geometry_msgs.msg import Twist
@@ -141,15 +142,7 @@ def main(argv=None) -> int:
         counters["human_steps"] += 1
 
     node.create_timer(1.0 / cfg.rate, on_tick)
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        stop.set()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return spin_until_shutdown(node, on_shutdown=stop.set)
 
 
 if __name__ == "__main__":

@@ -98,23 +98,16 @@ def ping_main(args=None) -> int:
 
 def pong_main(args=None) -> int:
     import rclpy
-    from rclpy.executors import ExternalShutdownException
     from twinrl_msgs.msg import Action
+
+    from twinrl_bringup.nodes import spin_until_shutdown
 
     rclpy.init(args=args)
     node = rclpy.create_node("pong")
-    try:
-        pub = node.create_publisher(Action, "pong", 10)
-        node.create_subscription(Action, "ping", pub.publish, 10)
-        node.get_logger().info("echoing ping -> pong")
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return 0
+    pub = node.create_publisher(Action, "pong", 10)
+    node.create_subscription(Action, "ping", pub.publish, 10)
+    node.get_logger().info("echoing ping -> pong")
+    return spin_until_shutdown(node)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ import time
 
 def main(argv=None) -> int:
     import rclpy
-    from rclpy.executors import ExternalShutdownException
+
+    from twinrl_bringup.nodes import spin_until_shutdown
     from rclpy.node import Node
 
     from geometry_msgs.msg import Twist
@@ -60,14 +61,7 @@ def main(argv=None) -> int:
         pub_joy.publish(joy)
 
     node.create_timer(1.0 / rate, on_tick)
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return spin_until_shutdown(node)
 
 
 if __name__ == "__main__":

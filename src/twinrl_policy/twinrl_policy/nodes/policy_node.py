@@ -29,8 +29,10 @@ import time
 
 def main(argv=None) -> int:
     import rclpy
+
+    from twinrl_bringup.nodes import spin_until_shutdown
     from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from rclpy.executors import MultiThreadedExecutor
     from rclpy.node import Node
     from rclpy.qos import QoSProfile, ReliabilityPolicy
 
@@ -192,15 +194,7 @@ def main(argv=None) -> int:
 
     executor = MultiThreadedExecutor(num_threads=3)
     executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return spin_until_shutdown(node, executor)
 
 
 if __name__ == "__main__":
