@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_policy_fixtures import tiny_model_config
+from policy_fixtures import tiny_model_config
 from twinrl_bringup.config import to_dict
 from twinrl_policy.checkpoint import (MAGIC, CheckpointError, file_sha256, load_checkpoint, load_policy,
                                       save_checkpoint, write_raw_checkpoint)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_policy_fixtures import tiny_model_config
+from policy_fixtures import tiny_model_config
 from twinrl_policy.checkpoint import save_checkpoint
 from twinrl_policy.evaluation import evaluate_grid, write_heatmap
 from twinrl_policy.inference import PolicyRunner

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_policy_fixtures import tiny_model_config
+from policy_fixtures import tiny_model_config
 from twinrl_policy.checkpoint import file_sha256, save_checkpoint
 from twinrl_policy.inference import (ErrorThrottle, NonFiniteActionError, ObservationError, PolicyRunner,
                                      ReloadError, decode_image, proprio_from_joint_state)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_policy_fixtures import tiny_model_config
+from policy_fixtures import tiny_model_config
 from twinrl_policy import backbones
 from twinrl_policy.augment import color_jitter, random_shift
 from twinrl_policy.config import ACTION_LIMITS, ModelConfig

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import spin_until
-from test_policy_fixtures import tiny_model_config
+from policy_fixtures import tiny_model_config
 from twinrl_policy.checkpoint import file_sha256, save_checkpoint
 from twinrl_policy.inference import PolicyRunner, proprio_from_joint_state
 from twinrl_policy.model import VisuomotorPolicy

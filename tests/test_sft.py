@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_policy_fixtures import rule_observation, tiny_model_config, tiny_sft_config, write_rule_dataset
+from policy_fixtures import rule_observation, tiny_model_config, tiny_sft_config, write_rule_dataset
 from twinrl_bringup.dataset import DatasetError
 from twinrl_policy.checkpoint import file_sha256, load_checkpoint, load_policy
 from twinrl_policy.data import DemoPool, load_demo_pools, sample_indices
