@@ -4,6 +4,7 @@
     twinrl twin scan-info scans/pp
     twinrl twin init-splats scans/pp --out scans/pp_init.ply
     twinrl twin grasps scans/pp --out scans/pp_grasps      (or a mesh file instead of a scan)
+    twinrl twin align --scan scans/pp --out scans/pp_align [--json]
 """
 from __future__ import annotations
 
@@ -49,6 +50,21 @@ def register(subparsers) -> None:
     a.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of the 'grasps' section, e.g. --set friction=0.3")
     a.set_defaults(func=cmd_grasps)
+
+    from .twin_commands import add_parsers as add_twin_env_parsers
+
+    add_twin_env_parsers(sub)           # build, rollout
+
+    al = sub.add_parser("align", help="align a scan to the robot base (coarse ICP + silhouette refinement)",
+                        description="Estimate the scan -> fr3_link0 similarity from the scanned robot (docs/alignment.md); "
+                                    "writes alignment.json and overlay PNGs to --out.")
+    al.add_argument("--scan", required=True, type=Path, help="scan directory (docs/scan_format.md)")
+    al.add_argument("--out", required=True, type=Path, help="report directory to create or update")
+    al.add_argument("--config", default="alignment", help="alignment config file (default config/alignment.yaml)")
+    al.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key, e.g. --set refine.iterations=40")
+    al.add_argument("--json", action="store_true", help="print the report as JSON on the last line")
+    al.set_defaults(func=cmd_align)
 
     def _help(args) -> int:
         p.print_help()
@@ -141,3 +157,29 @@ def cmd_grasps(args) -> int:
         print(f"{name}: {len(grasps)} grasps -> {out} ({best})")
     return 0
 
+
+def cmd_align(args) -> int:
+    from .alignment import AlignmentError, align_scan, load_alignment_config, write_report
+    from .scan import ScanError, load_groundtruth, load_scan
+
+    try:
+        cfg = load_alignment_config(args.config, args.overrides)
+        scan = load_scan(args.scan)
+        result = align_scan(scan, cfg, progress=True)
+    except (AlignmentError, ScanError) as exc:
+        print(f"twinrl twin align: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        truth = load_groundtruth(args.scan)     # simulated scans only: scores the result
+    except ScanError:
+        truth = None
+    report = write_report(scan, result, args.out, cfg, truth, progress=True)
+    S = result.similarity
+    print(f"scan -> base: scale {S.scale:.6g}, translation {[round(float(v), 5) for v in S.translation]}; "
+          f"mean robot-mask IoU {report['mask_iou']['mean']}; report {args.out / 'alignment.json'}")
+    for stage, err in report.get("errors_vs_groundtruth", {}).items():
+        print(f"  {stage:7s} vs ground truth: {err['translation_mm']:.2f} mm, {err['rotation_deg']:.3f} deg, "
+              f"scale {err['scale_percent']:+.3f} %")
+    if args.json:
+        print(json.dumps(report))
+    return 0

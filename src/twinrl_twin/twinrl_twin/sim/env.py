@@ -52,7 +52,7 @@ def _pose7(value, what: str) -> np.ndarray:
     return v
 
 
-def _camera_config(overrides) -> CamerasConfig:
+def camera_config(overrides) -> CamerasConfig:
     if not overrides:
         return load_cameras_config()
     if isinstance(overrides, CamerasConfig):
@@ -61,6 +61,43 @@ def _camera_config(overrides) -> CamerasConfig:
     data = load_yaml(path)
     items = list(overrides.items()) if isinstance(overrides, dict) else list(overrides)
     return from_dict(apply_overrides(data, items), CamerasConfig, f"{path} (with camera_overrides)")
+
+
+def episode_configuration(task: str, task_obj, grid, config: Optional[dict], rng, region: str, cell,
+                          seed: int) -> dict:
+    """The initial configuration of an episode: ``config`` as given (checked) or sampled from
+    ``grid`` in ``region`` / ``cell``. Shared by the sim world and the kinematic twin."""
+    target = task_obj.default_target_pose7()
+    if config:
+        if not isinstance(config, dict):
+            raise ValueError(f"options['configuration'] must be a dict, got {type(config).__name__}")
+        if "object_pose" not in config:
+            raise ValueError("options['configuration'] needs 'object_pose' [x, y, z, qx, qy, qz, qw]")
+        if config.get("task") not in (None, "", task):
+            raise ValueError(f"configuration is for task {config.get('task')!r}, this env runs {task!r}")
+        obj = _pose7(config["object_pose"], "configuration.object_pose")
+        if config.get("target_pose") is not None:
+            target = _pose7(config["target_pose"], "configuration.target_pose")
+        cell_rc = grid.cell_of(obj[0], obj[1])
+        row = int(config.get("cell_row", cell_rc[0] if cell_rc else -1))
+        col = int(config.get("cell_col", cell_rc[1] if cell_rc else -1))
+        reg = config.get("region")
+        if reg is None:
+            reg = grid.region_of(row, col) if cell_rc else "ood"
+        if reg in (0, 1):
+            reg = ("id", "ood")[reg]
+        return {"task": task, "object_pose": obj.tolist(), "target_pose": target.tolist(),
+                "cell_row": row, "cell_col": col, "region": str(reg), "seed": int(config.get("seed", seed))}
+    if cell is not None:
+        try:
+            cell = (int(cell[0]), int(cell[1]))
+        except (TypeError, ValueError, IndexError) as exc:
+            raise ValueError(f"cell must be (row, col), got {cell!r}") from exc
+    s = grid.sample(rng, region, cell)
+    quat = tf.quat_from_euler("z", s["yaw"])
+    obj = [s["x"], s["y"], task_obj.rest_z + 1e-4, *quat]
+    return {"task": task, "object_pose": obj, "target_pose": target.tolist(),
+            "cell_row": s["row"], "cell_col": s["col"], "region": s["region"], "seed": seed}
 
 
 class SimEnv:
@@ -78,7 +115,7 @@ class SimEnv:
         self.task_cfg = load_task_config(task, task_overrides)
         self.task_obj = make_task(self.task_cfg)
         self.grid = WorkspaceGrid(self.task_cfg.grid)
-        self.cameras_cfg = _camera_config(camera_overrides)
+        self.cameras_cfg = camera_config(camera_overrides)
         self.fr3 = fr3_model.load_fr3_config()
         self.render_enabled = bool(render)
         self.perturbation = perturbation
@@ -165,37 +202,7 @@ class SimEnv:
         return self._observation(), self._info(success=False)
 
     def _configuration_from(self, config: Optional[dict], rng, region: str, cell, seed: int) -> dict:
-        target = self.task_obj.default_target_pose7()
-        if config:
-            if not isinstance(config, dict):
-                raise ValueError(f"options['configuration'] must be a dict, got {type(config).__name__}")
-            if "object_pose" not in config:
-                raise ValueError("options['configuration'] needs 'object_pose' [x, y, z, qx, qy, qz, qw]")
-            if config.get("task") not in (None, "", self.task):
-                raise ValueError(f"configuration is for task {config.get('task')!r}, this env runs {self.task!r}")
-            obj = _pose7(config["object_pose"], "configuration.object_pose")
-            if config.get("target_pose") is not None:
-                target = _pose7(config["target_pose"], "configuration.target_pose")
-            cell_rc = self.grid.cell_of(obj[0], obj[1])
-            row = int(config.get("cell_row", cell_rc[0] if cell_rc else -1))
-            col = int(config.get("cell_col", cell_rc[1] if cell_rc else -1))
-            reg = config.get("region")
-            if reg is None:
-                reg = self.grid.region_of(row, col) if cell_rc else "ood"
-            if reg in (0, 1):
-                reg = ("id", "ood")[reg]
-            return {"task": self.task, "object_pose": obj.tolist(), "target_pose": target.tolist(),
-                    "cell_row": row, "cell_col": col, "region": str(reg), "seed": int(config.get("seed", seed))}
-        if cell is not None:
-            try:
-                cell = (int(cell[0]), int(cell[1]))
-            except (TypeError, ValueError, IndexError) as exc:
-                raise ValueError(f"cell must be (row, col), got {cell!r}") from exc
-        s = self.grid.sample(rng, region, cell)
-        quat = tf.quat_from_euler("z", s["yaw"])
-        obj = [s["x"], s["y"], self.task_obj.rest_z + 1e-4, *quat]
-        return {"task": self.task, "object_pose": obj, "target_pose": target.tolist(),
-                "cell_row": s["row"], "cell_col": s["col"], "region": s["region"], "seed": seed}
+        return episode_configuration(self.task, self.task_obj, self.grid, config, rng, region, cell, seed)
 
     def step(self, action):
         self._check_open()

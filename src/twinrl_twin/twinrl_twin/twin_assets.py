@@ -1,0 +1,520 @@
+"""Render assets of the kinematic twin, built from a scan and written as a twin directory.
+
+``build_twin(scan, out, task, alignment)`` turns a scan (docs/scan_format.md) into everything the
+twin needs, all in the robot base frame ``fr3_link0`` through the scan -> base ``Similarity``:
+
+* the static scene: the background Gaussians (mask label 0) as coloured points with a radius,
+  and under them a height-field mesh of the support surfaces (:func:`surface_mesh`);
+* the fixture (``build.fixture_name``): its Gaussians as points in the fixture frame plus its
+  scan mesh coloured from them (so a moved fixture moves with its appearance);
+* the manipulated object (``build.object_name``): its scan mesh, vertex colours from the
+  object's Gaussians;
+* the robot: the URDF's visual geometry per link (boxes, cylinders, spheres, meshes).
+
+Gaussians come from the scan's ``splats.ply`` when present, else from the RGB-D frames
+(:func:`twinrl_twin.splats.init_from_scan`). The directory is written atomically (temporary
+sibling + rename). Layout::
+
+    twin.json            version, task, scan, alignment, poses, counts
+    scene_points.npz     positions (N,3) base frame, colors (N,3) uint8, radii (N,) m
+    surface_mesh.npz     height-field mesh of the support surfaces (base frame), vertex colours
+    fixture_points.npz   the same in the fixture frame
+    object_mesh.npz      vertices (object frame, m), faces, colors (per vertex, uint8)
+    fixture_mesh.npz
+    robot_meshes.npz     <link>.vertices / <link>.faces / <link>.colors (link frame)
+    preview.png          both cameras at the scanned configuration
+
+:func:`load_twin` checks all of it and raises :class:`TwinAssetError` naming the bad file.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from twinrl_bringup import transforms as tf
+from twinrl_bringup.config import load_config, resolve_config_path
+
+TWIN_FORMAT_VERSION = 1
+TWIN_FILE = "twin.json"
+FILES = ("scene_points.npz", "surface_mesh.npz", "fixture_points.npz", "object_mesh.npz", "fixture_mesh.npz",
+         "robot_meshes.npz")
+
+
+class TwinAssetError(ValueError):
+    """A twin directory (or one of its files) is missing, unreadable or inconsistent; the
+    message starts with the offending path."""
+
+    def __init__(self, path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+@dataclass
+class TwinBuildConfig:
+    object_name: str = "object"
+    fixture_name: str = "target"
+    scene_radius: float = 2.5
+    max_scene_points: int = 120000
+    point_size_scale: float = 1.6
+    robot_sections: int = 12
+    colour_neighbours: int = 4
+    surface_cell: float = 0.02                 # m; 0 disables the support-surface mesh
+    surface_x: tuple[float, float] = (-0.4, 1.1)
+    surface_y: tuple[float, float] = (-0.9, 0.9)
+    surface_z: tuple[float, float] = (-0.1, 0.3)
+    surface_max_step: float = 0.03             # m; no triangle across a larger height jump
+
+    def validate(self) -> None:
+        if self.scene_radius <= 0 or self.max_scene_points < 100 or self.point_size_scale <= 0:
+            raise ValueError("scene_radius, point_size_scale must be positive and max_scene_points >= 100")
+        if not 4 <= self.robot_sections <= 64 or self.colour_neighbours < 1:
+            raise ValueError("robot_sections must be in 4..64 and colour_neighbours >= 1")
+
+
+def load_build_config(path=None, overrides=()) -> TwinBuildConfig:
+    return load_config(resolve_config_path(path if path is not None else "twin"), TwinBuildConfig,
+                       overrides=overrides, section="build")
+
+
+@dataclass
+class PointCloud:
+    positions: np.ndarray          # (N, 3) float32
+    colors: np.ndarray             # (N, 3) uint8
+    radii: np.ndarray              # (N,) float32, metres
+
+
+@dataclass
+class ColouredMesh:
+    vertices: np.ndarray           # (V, 3) float32, metres
+    faces: np.ndarray              # (F, 3) int32
+    colors: np.ndarray             # (V, 3) uint8
+
+
+@dataclass
+class TwinAssets:
+    root: Path
+    task: str
+    alignment: dict                # Similarity.to_dict() + "source"
+    object_pose: np.ndarray        # 7, base frame, at scan time
+    fixture_pose: np.ndarray       # 7, base frame
+    scene: PointCloud
+    surface: ColouredMesh              # support surfaces (height field), base frame
+    fixture_points: PointCloud
+    object_mesh: ColouredMesh
+    fixture_mesh: ColouredMesh
+    robot: dict[str, ColouredMesh] = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+
+
+# -- building -----------------------------------------------------------------------------------
+def _primitive(kind: str, size, sections: int):
+    import trimesh
+
+    if kind == "box":
+        return trimesh.creation.box(extents=size)
+    if kind == "cylinder":
+        return trimesh.creation.cylinder(radius=size[0], height=size[1], sections=sections)
+    if kind == "sphere":
+        return trimesh.creation.uv_sphere(radius=size[0], count=[sections // 2 + 2, sections])
+    raise ValueError(kind)
+
+
+def _floats(text: Optional[str], n: int, where: str) -> list[float]:
+    if text is None:
+        return [0.0] * n
+    vals = [float(x) for x in text.split()]
+    if len(vals) != n or not all(math.isfinite(v) for v in vals):
+        raise ValueError(f"{where}: expected {n} finite numbers, got {text!r}")
+    return vals
+
+
+def robot_meshes_from_urdf(urdf_path: Path, sections: int = 12) -> dict[str, ColouredMesh]:
+    """Per link: its visual geometry merged into one mesh in the link frame, coloured by the
+    URDF material. Mesh files are resolved relative to the URDF."""
+    import trimesh
+
+    from .scan import ScanError, load_mesh
+
+    try:
+        root = ET.parse(urdf_path).getroot()
+    except (OSError, ET.ParseError) as exc:
+        raise ScanError(urdf_path, f"cannot parse URDF: {exc}") from exc
+    materials = {}
+    for mat in root.findall("material"):
+        c = mat.find("color")
+        if c is not None:
+            materials[mat.get("name")] = _floats(c.get("rgba"), 4, f"material {mat.get('name')}")
+    out: dict[str, ColouredMesh] = {}
+    for link in root.findall("link"):
+        parts = []
+        for vis in link.findall("visual"):
+            where = f"{urdf_path}: link {link.get('name')}"
+            try:
+                org = vis.find("origin")
+                xyz = _floats(org.get("xyz") if org is not None else None, 3, where + " origin xyz")
+                rpy = _floats(org.get("rpy") if org is not None else None, 3, where + " origin rpy")
+                geo = vis.find("geometry")
+                if geo is None or len(geo) == 0:
+                    continue
+                g = geo[0]
+                if g.tag == "box":
+                    m = _primitive("box", _floats(g.get("size"), 3, where + " box"), sections)
+                elif g.tag == "cylinder":
+                    m = _primitive("cylinder", [float(g.get("radius")), float(g.get("length"))], sections)
+                elif g.tag == "sphere":
+                    m = _primitive("sphere", [float(g.get("radius"))], sections)
+                elif g.tag == "mesh":
+                    fn = g.get("filename", "")
+                    fn = fn.split("://", 1)[-1]
+                    m = load_mesh(urdf_path.parent / fn)
+                    if g.get("scale"):
+                        m.apply_scale(_floats(g.get("scale"), 3, where + " mesh scale"))
+                else:
+                    continue
+            except (TypeError, ValueError) as exc:
+                raise ScanError(urdf_path, f"link {link.get('name')}: {exc}") from exc
+            rgba = [0.7, 0.7, 0.7, 1.0]
+            mat = vis.find("material")
+            if mat is not None:
+                c = mat.find("color")
+                rgba = _floats(c.get("rgba"), 4, where + " color") if c is not None else materials.get(
+                    mat.get("name"), rgba)
+            m.apply_transform(tf.make_transform(xyz, tf.quat_from_euler("xyz", rpy)))
+            m.visual = trimesh.visual.ColorVisuals(m, vertex_colors=np.tile(
+                (np.clip(rgba[:3], 0, 1) * 255).astype(np.uint8), (len(m.vertices), 1)))
+            parts.append(m)
+        if parts:
+            verts, faces, cols, off = [], [], [], 0
+            for m in parts:
+                verts.append(np.asarray(m.vertices, np.float32))
+                faces.append(np.asarray(m.faces, np.int32) + off)
+                cols.append(np.asarray(m.visual.vertex_colors)[:, :3].astype(np.uint8))
+                off += len(m.vertices)
+            out[link.get("name")] = ColouredMesh(np.concatenate(verts), np.concatenate(faces), np.concatenate(cols))
+    if not out:
+        raise ScanError(urdf_path, "URDF has no visual geometry")
+    return out
+
+
+def surface_mesh(points: PointCloud, cfg: TwinBuildConfig) -> ColouredMesh:
+    """A height-field mesh of the scanned support surfaces (table, floor patches) over the
+    x/y box of ``cfg``: per ``surface_cell`` the mean height and colour of the background
+    points in it, small holes (where objects stood while scanned) filled from neighbours,
+    no triangles across height jumps. Drawn under the points, it closes the gaps between
+    point sprites that near cameras (the wrist) would otherwise see through."""
+    c = cfg.surface_cell
+    p = points.positions.astype(float)
+    (x0, x1), (y0, y1), (z0, z1) = cfg.surface_x, cfg.surface_y, cfg.surface_z
+    nx, ny = int(math.ceil((x1 - x0) / c)), int(math.ceil((y1 - y0) / c))
+    sel = (p[:, 0] >= x0) & (p[:, 0] < x1) & (p[:, 1] >= y0) & (p[:, 1] < y1) & (p[:, 2] >= z0) & (p[:, 2] < z1)
+    empty = ColouredMesh(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int32), np.zeros((0, 3), np.uint8))
+    if c <= 0 or sel.sum() < 10:
+        return empty
+    ix = np.minimum(((p[sel, 0] - x0) / c).astype(int), nx - 1)
+    iy = np.minimum(((p[sel, 1] - y0) / c).astype(int), ny - 1)
+    flat = ix * ny + iy
+    cnt = np.bincount(flat, minlength=nx * ny).astype(float)
+    z = np.bincount(flat, weights=p[sel, 2], minlength=nx * ny)
+    col = np.stack([np.bincount(flat, weights=points.colors[sel, k].astype(float), minlength=nx * ny)
+                    for k in range(3)], axis=1)
+    valid = cnt > 0
+    Z = np.full(nx * ny, np.nan)
+    Z[valid] = z[valid] / cnt[valid]
+    C = np.zeros((nx * ny, 3))
+    C[valid] = col[valid] / cnt[valid, None]
+    Z, C = Z.reshape(nx, ny), C.reshape(nx, ny, 3)
+    for _ in range(2):                                   # fill small holes from >= 3 neighbours
+        pad_z = np.pad(Z, 1, constant_values=np.nan)
+        pad_c = np.pad(C, ((1, 1), (1, 1), (0, 0)))
+        stack_z = np.stack([pad_z[1 + di:1 + di + nx, 1 + dj:1 + dj + ny] for di in (-1, 0, 1) for dj in (-1, 0, 1)
+                            if di or dj])
+        stack_c = np.stack([pad_c[1 + di:1 + di + nx, 1 + dj:1 + dj + ny] for di in (-1, 0, 1) for dj in (-1, 0, 1)
+                            if di or dj])
+        ok = np.isfinite(stack_z)
+        n = ok.sum(axis=0)
+        fill = np.isnan(Z) & (n >= 3)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mz = np.where(ok, stack_z, 0).sum(axis=0) / n
+            mc = (stack_c * ok[..., None]).sum(axis=0) / np.maximum(n, 1)[..., None]
+        Z[fill] = mz[fill]
+        C[fill] = mc[fill]
+    index = -np.ones((nx, ny), int)
+    good = np.isfinite(Z)
+    index[good] = np.arange(good.sum())
+    gi, gj = np.nonzero(good)
+    verts = np.stack([x0 + (gi + 0.5) * c, y0 + (gj + 0.5) * c, Z[good]], axis=1)
+    a, b, d, e = index[:-1, :-1], index[1:, :-1], index[:-1, 1:], index[1:, 1:]
+    quad = (a >= 0) & (b >= 0) & (d >= 0) & (e >= 0)
+    zz = np.stack([Z[:-1, :-1], Z[1:, :-1], Z[:-1, 1:], Z[1:, 1:]])
+    zz = np.where(quad[None], zz, 0.0)                    # only complete quads matter
+    quad &= (zz.max(axis=0) - zz.min(axis=0)) <= cfg.surface_max_step
+    a, b, d, e = a[quad], b[quad], d[quad], e[quad]
+    faces = np.concatenate([np.stack([a, b, e], 1), np.stack([a, e, d], 1)]).astype(np.int32)
+    if len(faces) == 0:
+        return empty
+    return ColouredMesh(verts.astype(np.float32), faces, np.clip(C[good], 0, 255).round().astype(np.uint8))
+
+
+def _colour_from_points(vertices_base: np.ndarray, points: Optional[PointCloud], k: int,
+                        fallback=(170, 170, 170)) -> np.ndarray:
+    if points is None or len(points.positions) == 0:
+        return np.tile(np.asarray(fallback, np.uint8), (len(vertices_base), 1))
+    from scipy.spatial import cKDTree
+
+    k = min(k, len(points.positions))
+    _, idx = cKDTree(points.positions).query(vertices_base, k=k)
+    idx = np.asarray(idx).reshape(len(vertices_base), k)
+    return points.colors[idx].astype(np.float32).mean(axis=1).round().astype(np.uint8)
+
+
+def _gaussians(scan):
+    from .splats import init_from_scan, read_ply
+
+    if scan.splats_path is not None:
+        scene = read_ply(scan.splats_path)
+        source = str(scan.splats_path)
+    else:
+        scene, _ = init_from_scan(scan, progress=False)
+        source = "init_from_scan (RGB-D frames)"
+    scene.check_finite(source)
+    return scene, source
+
+
+def _points(scene, mask: np.ndarray, sim, size_scale: float) -> PointCloud:
+    pos = sim.apply_points(scene.means[mask].astype(float)).astype(np.float32)
+    cols = (np.clip(scene.colors()[mask], 0, 1) * 255).round().astype(np.uint8)
+    radii = (np.exp(scene.log_scales[mask].astype(float)).mean(axis=1) * sim.scale * size_scale).astype(np.float32)
+    return PointCloud(pos, cols, radii)
+
+
+def build_twin(scan_path, out, task: str, alignment=None, alignment_source: str = "alignment",
+               cfg: Optional[TwinBuildConfig] = None, overwrite: bool = False, preview: bool = True) -> dict:
+    """Build the twin directory ``out`` from the scan at ``scan_path`` for ``task``.
+
+    ``alignment``: the scan -> base :class:`twinrl_twin.scan.Similarity` (from the alignment
+    step; for simulated scans the ground truth may stand in, ``alignment_source="groundtruth"``).
+    Returns a report dict."""
+    from .scan import LABEL_BACKGROUND, LABEL_ROBOT, load_scan
+    from .sim.config import TASKS
+
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; known tasks: {', '.join(TASKS)}")
+    if alignment is None:
+        raise ValueError("build_twin needs the scan -> base alignment (a Similarity)")
+    cfg = cfg or load_build_config()
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists (pass overwrite=True / --overwrite to replace it)")
+    if out.exists() and not (out / TWIN_FILE).is_file() and any(out.iterdir()):
+        raise FileExistsError(f"{out} is not a twin directory; refusing to overwrite it")
+    scan = load_scan(scan_path)
+    from .scan import ScanError
+
+    for name in (cfg.object_name, cfg.fixture_name):
+        if name not in scan.objects:
+            raise ScanError(scan.root / "objects", f"no mesh for object {name!r} (have {sorted(scan.objects)})")
+        if scan.objects[name].T_scan_object is None:
+            raise ScanError(scan.root / "objects" / "poses.json", f"no pose for object {name!r}")
+    if scan.robot is None:
+        raise ScanError(scan.root / "robot.json", "missing: the twin needs the robot's URDF")
+    urdf = scan.robot.urdf_path
+    if not urdf.is_absolute() and not urdf.is_file():
+        urdf = scan.root / urdf
+
+    gauss, gauss_source = _gaussians(scan)
+    labels = gauss.labels if gauss.labels is not None else np.zeros(len(gauss), np.uint8)
+    name_to_label = {v: k for k, v in scan.label_names().items()}
+    sim = alignment
+    base_pos = sim.apply_points(gauss.means.astype(float))
+    near = np.linalg.norm(base_pos, axis=1) < cfg.scene_radius
+    bg_mask = (labels == LABEL_BACKGROUND) & near
+    if bg_mask.sum() > cfg.max_scene_points:
+        idx = np.flatnonzero(bg_mask)
+        keep = np.random.default_rng(0).choice(idx, cfg.max_scene_points, replace=False)
+        bg_mask = np.zeros_like(bg_mask)
+        bg_mask[keep] = True
+    scene_pts = _points(gauss, bg_mask, sim, cfg.point_size_scale)
+    surface = surface_mesh(scene_pts, cfg)
+
+    poses = {}
+    pts_by_obj = {}
+    meshes = {}
+    for name in (cfg.object_name, cfg.fixture_name):
+        obj = scan.objects[name]
+        T = sim.apply_pose(obj.T_scan_object)
+        poses[name] = T
+        lab = name_to_label.get(name)
+        pts = _points(gauss, labels == lab, sim, cfg.point_size_scale) if lab is not None else None
+        pts_by_obj[name] = pts
+        v = np.asarray(obj.mesh.vertices, float)
+        cols = _colour_from_points(tf.transform_points(T, v), pts, cfg.colour_neighbours)
+        meshes[name] = ColouredMesh(v.astype(np.float32), np.asarray(obj.mesh.faces, np.int32), cols)
+    fx = pts_by_obj[cfg.fixture_name]
+    T_fix_inv = tf.invert(poses[cfg.fixture_name])
+    fixture_pts = PointCloud(tf.transform_points(T_fix_inv, fx.positions).astype(np.float32), fx.colors, fx.radii) \
+        if fx is not None else PointCloud(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8), np.zeros(0, np.float32))
+    robot = robot_meshes_from_urdf(urdf, cfg.robot_sections)
+
+    meta = {
+        "version": TWIN_FORMAT_VERSION,
+        "task": task,
+        "scan": str(Path(scan_path).resolve()),
+        "gaussians": gauss_source,
+        "alignment": dict(sim.to_dict(), source=alignment_source),
+        "object_name": cfg.object_name,
+        "fixture_name": cfg.fixture_name,
+        "object_pose": tf.matrix_to_pose7(poses[cfg.object_name]).tolist(),
+        "fixture_pose": tf.matrix_to_pose7(poses[cfg.fixture_name]).tolist(),
+        "counts": {"scene_points": int(len(scene_pts.positions)), "fixture_points": int(len(fixture_pts.positions)),
+                   "robot_points_dropped": int((labels == LABEL_ROBOT).sum()),
+                   "object_faces": int(len(meshes[cfg.object_name].faces)),
+                   "fixture_faces": int(len(meshes[cfg.fixture_name].faces)),
+                   "surface_faces": int(len(surface.faces)), "robot_links": len(robot), "robot_faces": int(sum(len(m.faces) for m in robot.values()))},
+        "files": list(FILES),
+    }
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        np.savez(tmp / "scene_points.npz", positions=scene_pts.positions, colors=scene_pts.colors, radii=scene_pts.radii)
+        np.savez(tmp / "fixture_points.npz", positions=fixture_pts.positions, colors=fixture_pts.colors,
+                 radii=fixture_pts.radii)
+        for fname, m in (("object_mesh.npz", meshes[cfg.object_name]), ("fixture_mesh.npz", meshes[cfg.fixture_name]),
+                         ("surface_mesh.npz", surface)):
+            np.savez(tmp / fname, vertices=m.vertices, faces=m.faces, colors=m.colors)
+        arrays = {}
+        for link, m in robot.items():
+            arrays[f"{link}.vertices"] = m.vertices
+            arrays[f"{link}.faces"] = m.faces
+            arrays[f"{link}.colors"] = m.colors
+        np.savez(tmp / "robot_meshes.npz", **arrays)
+        (tmp / TWIN_FILE).write_text(json.dumps(meta, indent=1))
+        if preview:
+            meta["preview"] = str(out / "preview.png")
+            _write_preview(tmp, out / "preview.png")
+            (tmp / TWIN_FILE).write_text(json.dumps(meta, indent=1))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dict(meta, twin=str(out))
+
+
+def _write_preview(tmp_dir: Path, final_path: Path) -> None:
+    """Both cameras of the twin at the scanned object configuration, side by side."""
+    from PIL import Image
+
+    from .twin_env import make_twin_env
+
+    env = make_twin_env(tmp_dir, render=True)
+    try:
+        meta = json.loads((tmp_dir / TWIN_FILE).read_text())
+        obs, _ = env.reset(seed=0, options={"configuration": {"object_pose": meta["object_pose"]}})
+        tp, wr = obs["third_person"], obs["wrist"]
+        canvas = np.zeros((tp.shape[0], tp.shape[1] + wr.shape[1], 3), np.uint8)
+        canvas[:, :tp.shape[1]] = tp
+        canvas[:wr.shape[0], tp.shape[1]:] = wr
+        Image.fromarray(canvas).save(tmp_dir / "preview.png")
+    finally:
+        env.close()
+
+
+# -- loading ------------------------------------------------------------------------------------
+def _load_npz(path: Path, keys: tuple[str, ...]) -> dict:
+    if not path.is_file():
+        raise TwinAssetError(path, "missing (rebuild the twin with `twinrl twin build`)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except Exception as exc:  # zipfile / numpy raise many types for corrupt files
+        raise TwinAssetError(path, f"unreadable: {type(exc).__name__}: {exc}") from exc
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise TwinAssetError(path, f"missing arrays {missing}")
+    for k, v in data.items():
+        if v.dtype.kind == "f" and not np.all(np.isfinite(v)):
+            raise TwinAssetError(path, f"array {k!r} has non-finite values")
+    return data
+
+
+def _cloud(path: Path) -> PointCloud:
+    d = _load_npz(path, ("positions", "colors", "radii"))
+    n = len(d["positions"])
+    if d["positions"].shape != (n, 3) or d["colors"].shape != (n, 3) or d["radii"].shape != (n,):
+        raise TwinAssetError(path, f"inconsistent shapes {d['positions'].shape}, {d['colors'].shape}, {d['radii'].shape}")
+    return PointCloud(d["positions"].astype(np.float32), d["colors"].astype(np.uint8), d["radii"].astype(np.float32))
+
+
+def _mesh(path: Path, v, f, c, what: str, allow_empty: bool = False) -> ColouredMesh:
+    if v.ndim != 2 or v.shape[1] != 3 or f.ndim != 2 or f.shape[1] != 3 or c.shape != v.shape:
+        raise TwinAssetError(path, f"{what}: bad shapes vertices {v.shape}, faces {f.shape}, colors {c.shape}")
+    if allow_empty and len(f) == 0:
+        return ColouredMesh(v.astype(np.float32), f.astype(np.int32), c.astype(np.uint8))
+    if len(f) == 0 or f.min() < 0 or f.max() >= len(v):
+        raise TwinAssetError(path, f"{what}: face indices outside 0..{len(v) - 1} (or no faces)")
+    return ColouredMesh(v.astype(np.float32), f.astype(np.int32), c.astype(np.uint8))
+
+
+def load_twin(path) -> TwinAssets:
+    root = Path(path)
+    if not root.is_dir():
+        raise TwinAssetError(root, "not a directory (build one with `twinrl twin build`)")
+    meta_path = root / TWIN_FILE
+    if not meta_path.is_file():
+        raise TwinAssetError(meta_path, "missing (not a twin directory)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TwinAssetError(meta_path, f"unreadable JSON: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise TwinAssetError(meta_path, "expected a JSON object")
+    for key in ("version", "task", "alignment", "object_pose", "fixture_pose"):
+        if key not in meta:
+            raise TwinAssetError(meta_path, f"missing key {key!r}")
+    if meta["version"] != TWIN_FORMAT_VERSION:
+        raise TwinAssetError(meta_path, f"version {meta['version']!r} not supported (expected {TWIN_FORMAT_VERSION})")
+    poses = {}
+    for key in ("object_pose", "fixture_pose"):
+        try:
+            v = np.asarray(meta[key], dtype=float).reshape(-1)
+        except (TypeError, ValueError):
+            v = np.zeros(0)
+        if v.shape != (7,) or not np.all(np.isfinite(v)):
+            raise TwinAssetError(meta_path, f"{key} must be 7 finite numbers [x, y, z, qx, qy, qz, qw]")
+        poses[key] = v
+    obj = _load_npz(root / "object_mesh.npz", ("vertices", "faces", "colors"))
+    fix = _load_npz(root / "fixture_mesh.npz", ("vertices", "faces", "colors"))
+    srf = _load_npz(root / "surface_mesh.npz", ("vertices", "faces", "colors"))
+    rob = _load_npz(root / "robot_meshes.npz", ())
+    links = sorted({k.rsplit(".", 1)[0] for k in rob})
+    robot = {}
+    for link in links:
+        try:
+            robot[link] = _mesh(root / "robot_meshes.npz", rob[f"{link}.vertices"], rob[f"{link}.faces"],
+                                rob[f"{link}.colors"], f"link {link}")
+        except KeyError as exc:
+            raise TwinAssetError(root / "robot_meshes.npz", f"link {link}: missing array {exc}") from exc
+    if not robot:
+        raise TwinAssetError(root / "robot_meshes.npz", "no robot links")
+    return TwinAssets(
+        root=root, task=str(meta["task"]), alignment=meta["alignment"],
+        object_pose=poses["object_pose"], fixture_pose=poses["fixture_pose"],
+        scene=_cloud(root / "scene_points.npz"),
+        surface=_mesh(root / "surface_mesh.npz", srf["vertices"], srf["faces"], srf["colors"], "surface",
+                      allow_empty=True),
+        fixture_points=_cloud(root / "fixture_points.npz"),
+        object_mesh=_mesh(root / "object_mesh.npz", obj["vertices"], obj["faces"], obj["colors"], "object"),
+        fixture_mesh=_mesh(root / "fixture_mesh.npz", fix["vertices"], fix["faces"], fix["colors"], "fixture"),
+        robot=robot, meta=meta)

@@ -1,0 +1,97 @@
+"""``twinrl twin build`` and ``twinrl twin rollout`` (registered by :mod:`twinrl_twin.cli`).
+
+    twinrl twin build --scan scans/pp --task pick_and_place --out twins/pp [--groundtruth-alignment] [--json]
+    twinrl twin rollout --twin twins/pp --policy expert --episodes 20 [--workers 2] [--json]
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def add_parsers(sub) -> None:
+    from .sim.config import TASKS
+
+    b = sub.add_parser("build", help="build a kinematic twin (render assets) from a scan")
+    b.add_argument("--scan", required=True, type=Path, help="scan directory (docs/scan_format.md)")
+    b.add_argument("--task", required=True, choices=TASKS, help="task the twin runs (config/tasks/<task>.yaml)")
+    b.add_argument("--out", required=True, type=Path, help="twin directory to create")
+    b.add_argument("--groundtruth-alignment", action="store_true",
+                   help="simulated scans only: use the ground-truth scan -> base similarity instead of "
+                        "running the alignment (twinrl_twin.alignment)")
+    b.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of config/twin.yaml 'build'")
+    b.add_argument("--overwrite", action="store_true", help="replace an existing twin directory")
+    b.add_argument("--json", action="store_true", help="print a JSON report on the last line")
+    b.set_defaults(func=cmd_build)
+
+    r = sub.add_parser("rollout", help="run episodes in N parallel twin envs, success per grid cell")
+    r.add_argument("--twin", required=True, type=Path, help="twin directory (twinrl twin build)")
+    r.add_argument("--policy", default="expert", choices=("expert", "random"))
+    r.add_argument("--episodes", type=int, default=10)
+    r.add_argument("--region", default="all", choices=("id", "ood", "all"))
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--workers", type=int, default=1, help="worker processes")
+    r.add_argument("--envs", type=int, default=0, help="parallel envs (default: one per worker)")
+    r.add_argument("--no-render", action="store_true", help="skip the camera images (state only)")
+    r.add_argument("--json", action="store_true", help="print one JSON summary on the last line")
+    r.set_defaults(func=cmd_rollout)
+
+
+def cmd_build(args) -> int:
+    from .scan import ScanError, load_groundtruth, load_scan
+    from .twin_assets import build_twin, load_build_config
+
+    cfg = load_build_config(overrides=args.overrides)
+    try:
+        if args.groundtruth_alignment:
+            sim = load_groundtruth(args.scan).scan_to_base
+            source = "groundtruth"
+        else:
+            try:
+                from .alignment import align_scan
+            except ImportError:
+                print("twinrl twin build: error: twinrl_twin.alignment is not available; for a simulated scan "
+                      "pass --groundtruth-alignment", file=sys.stderr)
+                return 2
+            result = align_scan(load_scan(args.scan), progress=sys.stderr.isatty())
+            sim = result.similarity
+            source = "alignment"
+        report = build_twin(args.scan, args.out, args.task, sim, source, cfg=cfg, overwrite=args.overwrite)
+    except (FileExistsError, ScanError, ValueError) as exc:
+        print(f"twinrl twin build: error: {exc}", file=sys.stderr)
+        return 2
+    c = report["counts"]
+    print(f"twin written to {report['twin']} (task {report['task']}, alignment: {source}, scale "
+          f"{report['alignment']['scale']:.4f})")
+    print(f"  scene {c['scene_points']} points, fixture {c['fixture_points']} points / {c['fixture_faces']} faces, "
+          f"object {c['object_faces']} faces, robot {c['robot_links']} links / {c['robot_faces']} faces")
+    if report.get("preview"):
+        print(f"  preview {report['preview']}")
+    if args.json:
+        print(json.dumps(report))
+    return 0
+
+
+def cmd_rollout(args) -> int:
+    from .twin_assets import TwinAssetError
+    from .twin_rollout import rollout
+
+    try:
+        summary = rollout(args.twin, args.policy, args.episodes, args.region, args.seed, args.workers,
+                          num_envs=args.envs or None, render=not args.no_render,
+                          progress=sys.stderr.isatty() or not args.json)
+    except (TwinAssetError, ValueError) as exc:
+        print(f"twinrl twin rollout: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"task {summary['task']}  policy {summary['policy']}  region {summary['region']}  "
+          f"episodes {summary['episodes']}  envs {summary['envs']}  workers {summary['workers']}")
+    print(f"success rate {summary['success_rate']:.3f} ({summary['successes']}/{summary['episodes']})  "
+          f"mean length {summary['mean_length']:.1f} steps  {summary['env_steps_per_s']:.1f} env steps/s")
+    for reg, v in summary["regions"].items():
+        if v["episodes"]:
+            print(f"  {reg:>3}: {v['successes']}/{v['episodes']} = {v['success_rate']:.3f}")
+    if args.json:
+        print(json.dumps(summary))
+    return 0

@@ -1,0 +1,298 @@
+"""The kinematic twin env: spaces equal to the sim's, grasp attach/release, expert success per
+task, images from the scan's assets, corrupt twin directories, and the build/rollout CLI."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+
+from twinrl_twin.scan import load_groundtruth
+from twinrl_twin.scan_sim import simulate_scan
+from twinrl_twin.sim.config import TASKS
+from twinrl_twin.twin_assets import TwinAssetError, build_twin, load_twin
+
+_BUILT: dict = {}
+
+
+@pytest.fixture(scope="module")
+def twins(tmp_path_factory):
+    """task -> twin directory, built on first use from an 8-frame simulated scan (ground-truth
+    alignment stands in for twinrl_twin.alignment in these tests)."""
+    root = tmp_path_factory.mktemp("twins")
+
+    def get(task: str):
+        if task not in _BUILT or not _BUILT[task].exists():
+            scan = root / f"scan_{task}"
+            simulate_scan(task, scan, frames=8, seed=1, progress=False)
+            out = root / f"twin_{task}"
+            build_twin(scan, out, task, load_groundtruth(scan).scan_to_base, "groundtruth", preview=False)
+            _BUILT[task] = out
+        return _BUILT[task]
+
+    return get
+
+
+def _run_expert(env, seed, cell=None, limit=None):
+    obs, info = env.reset(seed=seed, options={"cell": cell} if cell else None)
+    expert = env.expert()
+    steps = 0
+    while True:
+        obs, r, term, trunc, info = env.step(expert.act(obs, info))
+        steps += 1
+        if term or trunc or (limit and steps >= limit):
+            return obs, info, steps
+
+
+def test_spaces_equal_the_sims(twins):
+    from twinrl_twin.sim import make_env
+    from twinrl_twin.twin_env import make_twin_env
+
+    sim = make_env("pick_and_place", render=True)
+    twin = make_twin_env(twins("pick_and_place"), render=True)
+    try:
+        so, si = sim.reset(seed=3)
+        to, ti = twin.reset(seed=3)
+        assert set(so) == set(to)
+        for k in so:
+            a, b = np.asarray(so[k]), np.asarray(to[k])
+            assert a.shape == b.shape and a.dtype == b.dtype, k
+        assert to["third_person"].shape == (256, 256, 3) and to["wrist"].shape == (128, 128, 3)
+        assert to["proprio"].shape == (22,)
+        # same seed -> same sampled configuration (the twin's fixture is the scanned one)
+        assert si["configuration"]["cell_row"] == ti["configuration"]["cell_row"]
+        assert np.allclose(si["configuration"]["object_pose"][:2], ti["configuration"]["object_pose"][:2])
+        assert np.allclose(ti["configuration"]["target_pose"], twin.twin_target, atol=1e-9)
+        # same action semantics: one 7-D delta through the same envelope moves both TCPs alike
+        a = np.array([0.03, -0.02, -0.03, 0, 0, 0.1, -1.0])
+        p0s, p0t = sim.target_pose[0], twin.target_pose[0]
+        so, _, _, _, si = sim.step(a)
+        to, _, _, _, ti = twin.step(a)
+        assert np.allclose(sim.target_pose[0] - p0s, twin.target_pose[0] - p0t, atol=1e-9)
+        assert np.linalg.norm(to["tcp_pose"][:3] - twin.target_pose[0]) < 2e-3
+        for key in ("success", "configuration", "safety", "step"):
+            assert key in ti and key in si
+        # bad action: rejected by the envelope with a reason, nothing moves
+        before = twin.target_pose[0]
+        _, _, _, _, ti = twin.step([np.nan, 0, 0, 0, 0, 0, 0])
+        assert not ti["safety"].accepted and "non-finite" in ti["safety"].reason
+        assert np.array_equal(before, twin.target_pose[0])
+        with pytest.raises(ValueError, match="unknown reset options"):
+            twin.reset(options={"bogus": 1})
+    finally:
+        sim.close()
+        twin.close()
+
+
+def test_grasp_attach_and_release(twins):
+    from twinrl_twin.twin_env import make_twin_env
+
+    env = make_twin_env(twins("pick_and_place"), render=False)
+    obs, info = env.reset(seed=0, options={"configuration": {"object_pose": [0.45, 0.05, 0.02, 0, 0, 0, 1]}})
+    rest_z = env.task_obj.rest_z
+    assert abs(info["object_pose"][2] - rest_z) < 1e-9          # dropped onto the table
+    expert = env.expert()
+    for _ in range(60):
+        obs, _, _, _, info = env.step(expert.act(obs, info))
+        if info["grasped"]:
+            break
+    assert info["grasped"], "the expert's close never grasped the block"
+    width = obs["gripper_width"]
+    assert 0.005 < width < 0.06                                    # fingers stopped at the block
+    # lift: the object follows the TCP rigidly
+    rel0 = info["object_pose"][:3] - obs["tcp_pose"][:3]
+    for _ in range(4):
+        obs, _, _, _, info = env.step([0.0, 0.02, 0.04, 0, 0, 0, 1.0])
+    assert info["grasped"] and info["object_pose"][2] > rest_z + 0.1
+    assert np.allclose(info["object_pose"][:3] - obs["tcp_pose"][:3], rel0, atol=1e-6)
+    # release in the air: the block drops to the table, upright
+    obs, _, _, _, info = env.step([0, 0, 0, 0, 0, 0, -1.0])
+    assert not info["grasped"]
+    assert abs(info["object_pose"][2] - rest_z) < 1e-9
+    assert not info["success"]                                   # not on the plate
+    # closing with nothing between the fingers grasps nothing and closes fully
+    for _ in range(3):
+        obs, _, _, _, info = env.step([0, 0, 0.05, 0, 0, 0, -1.0])
+    for _ in range(10):
+        obs, _, _, _, info = env.step([0, 0, 0, 0, 0, 0, 1.0])
+    assert not info["grasped"] and obs["gripper_width"] < 1e-6
+    env.close()
+
+
+def test_insertion_needs_alignment(twins):
+    from twinrl_bringup import transforms as tf
+    from twinrl_twin.twin_env import make_twin_env
+
+    env = make_twin_env(twins("insert_hexagon"), render=False)
+    env.reset(seed=0)
+    t = env.task_obj.target_pose7()
+    rest, depth = env.task_obj.rest_z, env.task_cfg.target.size[2]
+    aligned = tf.pose7_to_matrix(np.r_[t[:3], tf.quat_from_euler("z", tf.yaw_of(t[3:]) + math.pi / 3)])
+    assert abs(env.support_z(aligned) - (t[2] + rest)) < 1e-9    # hexagon symmetry: drops in
+    off = aligned.copy()
+    off[0, 3] += 0.01
+    assert abs(env.support_z(off) - (t[2] + depth + rest)) < 1e-9  # 1 cm off: sits on the walls
+    turned = tf.pose7_to_matrix(np.r_[t[:3], tf.quat_from_euler("z", tf.yaw_of(t[3:]) + 0.3)])
+    assert env.support_z(turned) > t[2] + rest + 1e-3
+    far = tf.pose7_to_matrix([t[0] + 0.3, t[1], 0.1, 0, 0, 0, 1])
+    assert abs(env.support_z(far) - rest) < 1e-9
+    env.close()
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_sim_expert_succeeds_in_the_twin(twins, task):
+    from twinrl_twin.twin_env import make_twin_env
+
+    env = make_twin_env(twins(task), render=False)
+    cells = env.grid.cells("all")
+    try:
+        for k, seed in enumerate((11, 12, 13)):
+            _, info, steps = _run_expert(env, seed, cells[(5 * k) % len(cells)])
+            assert info["success"], f"{task}: seed {seed} failed after {steps} steps ({info['configuration']})"
+            assert steps < env.time_limit
+    finally:
+        env.close()
+
+
+def test_images_show_the_scanned_scene(twins):
+    from twinrl_twin.twin_env import make_twin_env
+
+    env = make_twin_env(twins("pick_and_place"), render=True)
+    try:
+        obs, _ = env.reset(seed=0, options={"configuration": {"object_pose": [0.5, -0.1, 0.02, 0, 0, 0, 1]}})
+        a = obs["third_person"].astype(int)
+        for key in ("third_person", "wrist"):
+            img = obs[key]
+            assert img.std() > 15, f"{key} looks blank"
+            assert len(np.unique(img.reshape(-1, 3), axis=0)) > 50
+        # the object is visible: moving it changes pixels where it was and where it went
+        obs2, _ = env.reset(seed=0, options={"configuration": {"object_pose": [0.5, 0.1, 0.02, 0, 0, 0, 1]}})
+        diff = np.abs(obs2["third_person"].astype(int) - a).sum(axis=2) > 40
+        assert diff.sum() > 20
+        cols = np.flatnonzero(diff.any(axis=0))
+        assert cols.max() - cols.min() > 20                           # two separate places
+        # its colour comes from the scan: reddish block pixels (the sim's block is red)
+        changed = a[diff]
+        assert (changed[:, 0] - changed[:, 2]).max() > 60
+        # the scene comes from the scan's Gaussians: the table colour of the sim scan
+        assert np.median(a[200:, :, 0]) > np.median(a[200:, :, 2]) + 20
+        # the scanned table became a support-surface mesh at the table height (z = 0)
+        surf = env.assets.surface
+        assert len(surf.faces) > 1000
+        near = (np.abs(surf.vertices[:, 0] - 0.5) < 0.2) & (np.abs(surf.vertices[:, 1]) < 0.3)
+        assert abs(float(np.median(surf.vertices[near, 2]))) < 0.01
+        # the robot moves in the images
+        for _ in range(3):
+            obs3, *_ = env.step([0.0, 0.05, 0.0, 0, 0, 0, -1])
+        assert (np.abs(obs3["third_person"].astype(int) - obs2["third_person"].astype(int)).sum(axis=2) > 40).sum() > 50
+    finally:
+        env.close()
+
+
+def _board_crop(env, img):
+    """Pixels of ``img`` (third-person) inside the projection of the whiteboard's top."""
+    from twinrl_bringup import transforms as tf
+    from twinrl_twin.render import perspective
+
+    cam = env.cameras_cfg.third_person
+    t = env.task_obj.target_pose7()
+    bx, by, bz = env.task_cfg.target.size
+    corners = np.array([[sx * bx / 2, sy * by / 2, bz] for sx in (-1, 1) for sy in (-1, 1)])
+    world = tf.transform_points(tf.pose7_to_matrix(t), corners)
+    clip = (perspective(cam.fovy, cam.width / cam.height) @ np.linalg.inv(env.cam_local["third_person"])
+            @ np.c_[world, np.ones(4)].T).T
+    ndc = clip[:, :2] / clip[:, 3:4]
+    u = (ndc[:, 0] + 1) / 2 * cam.width
+    v = (1 - ndc[:, 1]) / 2 * cam.height
+    return img[int(v.min()):int(v.max()) + 1, int(u.min()):int(u.max()) + 1]
+
+
+def test_erased_ink_disappears_from_images(twins):
+    from twinrl_twin.twin_env import make_twin_env
+
+    env = make_twin_env(twins("erase_whiteboard"), render=True)
+    try:
+        obs0, info = env.reset(seed=5)
+        crop0 = _board_crop(env, obs0["third_person"])
+        ink0 = (crop0.max(axis=2) < 60).sum()
+        assert ink0 > 30, "the scanned ink pattern is not visible on the board"
+        obs, info, _ = _run_expert(env, 5)
+        assert info["success"] and info["erased_fraction"] >= 0.9
+        for _ in range(5):                                         # lift the arm off the board
+            obs, *_ = env.step([0, 0, 0.05, 0, 0, 0, 1.0])
+        ink1 = (_board_crop(env, obs["third_person"]).max(axis=2) < 60).sum()
+        assert ink1 < 0.3 * ink0, (ink0, ink1)
+        # a new episode brings the ink back
+        obs2, _ = env.reset(seed=5)
+        assert not env.task_obj.erased.any()
+        assert np.array_equal(obs2["third_person"], obs0["third_person"])
+    finally:
+        env.close()
+
+
+def test_corrupt_twin_directory_names_the_file(twins, tmp_path):
+    src = twins("pick_and_place")
+    bad = tmp_path / "bad"
+    shutil.copytree(src, bad)
+    load_twin(bad)                                                    # the copy is fine
+    data = (bad / "scene_points.npz").read_bytes()
+    (bad / "scene_points.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(TwinAssetError, match="scene_points.npz"):
+        load_twin(bad)
+    shutil.copy(src / "scene_points.npz", bad / "scene_points.npz")
+    np.savez(bad / "object_mesh.npz", vertices=np.zeros((3, 3), np.float32), faces=np.array([[0, 1, 7]]),
+             colors=np.zeros((3, 3), np.uint8))
+    with pytest.raises(TwinAssetError, match="object_mesh.npz.*face indices"):
+        load_twin(bad)
+    shutil.copy(src / "object_mesh.npz", bad / "object_mesh.npz")
+    meta = json.loads((bad / "twin.json").read_text())
+    meta["object_pose"] = [0.5, 0, "x"]
+    (bad / "twin.json").write_text(json.dumps(meta))
+    with pytest.raises(TwinAssetError, match="twin.json.*object_pose"):
+        load_twin(bad)
+    (bad / "twin.json").write_text("{not json")
+    with pytest.raises(TwinAssetError, match="twin.json"):
+        load_twin(bad)
+    (bad / "twin.json").unlink()
+    with pytest.raises(TwinAssetError, match="twin.json"):
+        load_twin(bad)
+    (bad / "robot_meshes.npz").unlink()
+    shutil.copy(src / "twin.json", bad / "twin.json")
+    with pytest.raises(TwinAssetError, match="robot_meshes.npz.*missing"):
+        load_twin(bad)
+
+
+def test_cli_build_and_rollout(twins, tmp_path, capsys):
+    import argparse
+
+    from twinrl_twin.cli import register
+
+    parser = argparse.ArgumentParser(prog="twinrl")
+    register(parser.add_subparsers(dest="command"))
+    scan = tmp_path / "scan"
+    simulate_scan("insert_triple_column", scan, frames=6, seed=2, progress=False)
+    out = tmp_path / "twin"
+    args = parser.parse_args(["twin", "build", "--scan", str(scan), "--task", "insert_triple_column", "--out",
+                              str(out), "--groundtruth-alignment", "--json"])
+    assert args.func(args) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["alignment"]["source"] == "groundtruth" and report["counts"]["scene_points"] > 1000
+    assert (out / "preview.png").is_file() and (out / "twin.json").is_file()
+    assert not list(tmp_path.glob(".twin.partial-*"))
+    # an existing twin is not overwritten without --overwrite
+    args = parser.parse_args(["twin", "build", "--scan", str(scan), "--task", "insert_triple_column", "--out",
+                              str(out), "--groundtruth-alignment"])
+    assert args.func(args) == 2
+    assert "already exists" in capsys.readouterr().err
+    args = parser.parse_args(["twin", "rollout", "--twin", str(out), "--episodes", "2", "--no-render", "--json"])
+    assert args.func(args) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("task", "episodes", "success_rate", "mean_length", "env_steps_per_s", "per_cell"):
+        assert key in summary
+    assert summary["task"] == "insert_triple_column" and summary["episodes"] == 2
+    assert summary["success_rate"] == 1.0 and sum(c["episodes"] for c in summary["per_cell"]) == 2
+    args = parser.parse_args(["twin", "rollout", "--twin", str(tmp_path / "nope"), "--episodes", "1"])
+    assert args.func(args) == 2
+    assert "nope" in capsys.readouterr().err
