@@ -1,7 +1,6 @@
 """A twinrl_msgs action (goal, feedback, result) exchanged between two processes."""
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 

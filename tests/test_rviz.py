@@ -1,7 +1,6 @@
 """config/twinrl.rviz parses and every topic it shows is published by the real graph."""
 import time
 
-import numpy as np
 import pytest
 import yaml
 

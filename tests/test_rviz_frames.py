@@ -1,5 +1,4 @@
 """frames node: markers (envelope, ID/OOD cells, success map) and frames (TF fallback)."""
-import math
 import time
 
 import numpy as np

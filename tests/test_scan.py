@@ -19,7 +19,6 @@ from twinrl_twin.scan import (
 )
 from twinrl_twin.scan_sim import ScanSimConfig, camera_path, load_scan_sim_config, simulate_scan
 
-pytest.importorskip("mujoco")
 
 
 @pytest.fixture(scope="module")

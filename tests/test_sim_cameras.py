@@ -6,7 +6,7 @@ import pytest
 from twinrl_bringup import transforms as tf
 from twinrl_twin.sim import make_env
 
-mujoco = pytest.importorskip("mujoco")
+import mujoco
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("mujoco")
 
 from twinrl_bringup.bridge.backend import Backend, CartesianTarget  # noqa: E402
 from twinrl_bringup.bridge.core import SOURCE_SCRIPTED, BridgeCore  # noqa: E402

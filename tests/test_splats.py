@@ -148,7 +148,6 @@ def test_similarity_transform_moves_everything_consistently():
 
 @pytest.fixture(scope="module")
 def sim_scan(tmp_path_factory):
-    pytest.importorskip("mujoco")
     from twinrl_twin.scan_sim import simulate_scan
 
     root = tmp_path_factory.mktemp("scans") / "pp"
