@@ -56,8 +56,8 @@ def register(subparsers) -> None:
     add_twin_env_parsers(sub)           # build, rollout
 
     al = sub.add_parser("align", help="align a scan to the robot base (coarse ICP + silhouette refinement)",
-                        description="Estimate the scan -> fr3_link0 similarity from the scanned robot (docs/alignment.md); "
-                                    "writes alignment.json and overlay PNGs to --out.")
+                        description="Estimate the scan -> fr3_link0 similarity from the scanned robot "
+                                    "(docs/alignment.md); writes alignment.json and overlay PNGs to --out.")
     al.add_argument("--scan", required=True, type=Path, help="scan directory (docs/scan_format.md)")
     al.add_argument("--out", required=True, type=Path, help="report directory to create or update")
     al.add_argument("--config", default="alignment", help="alignment config file (default config/alignment.yaml)")
