@@ -139,3 +139,28 @@ def spin_until(executor, predicate, timeout: float, step: float = 0.05) -> bool:
 @pytest.fixture
 def python_exe() -> str:
     return sys.executable
+
+
+@pytest.fixture(scope="session")
+def tiny_twins(tmp_path_factory):
+    """task -> directory of a twin built from an 8-frame simulated scan of that task, built on
+    first use and shared by the whole run. Ground-truth alignment stands in for
+    twinrl_twin.alignment here (alignment has its own tests and benchmark)."""
+    from twinrl_twin.scan import load_groundtruth
+    from twinrl_twin.scan_sim import simulate_scan
+    from twinrl_twin.twin_assets import build_twin
+
+    root = tmp_path_factory.mktemp("tiny_twins")
+    built: dict = {}
+
+    def get(task: str = "pick_and_place") -> Path:
+        if task not in built or not built[task].exists():
+            scan = root / f"scan_{task}"
+            if not scan.exists():
+                simulate_scan(task, scan, frames=8, seed=1, progress=False)
+            out = root / f"twin_{task}"
+            build_twin(scan, out, task, load_groundtruth(scan).scan_to_base, "groundtruth", preview=False)
+            built[task] = out
+        return built[task]
+
+    return get

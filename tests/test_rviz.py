@@ -13,7 +13,6 @@ UPSTREAM_PUBLISHES = {
     ("franka_bringup", "example.launch.py"): {"/robot_description", "/tf", "/tf_static", "/joint_states",
                                                "/franka_robot_state_broadcaster/robot_state"},
     ("realsense2_camera", "rs_launch.py"): set(),          # raw streams go through image_adapter
-    ("twinrl_twin", "alignment"): {"/twinrl/twin/overlay"},
 }
 
 
@@ -67,10 +66,11 @@ def test_graph_camera_arguments_match_camera_config():
 
 
 @pytest.mark.ros
-def test_every_rviz_topic_is_published_by_the_real_graph(rclpy_context, spawn_node, ros_env):
+def test_every_rviz_topic_is_published_by_the_real_graph(rclpy_context, spawn_node, ros_env, tiny_twins):
     import rclpy
 
-    graph = resolve(load_graph("real"), {"use_alignment": True, "use_cameras": True, "use_franka": True})
+    graph = resolve(load_graph("real"), {"use_alignment": True, "use_cameras": True, "use_franka": True,
+                                         "twin_dir": str(tiny_twins("pick_and_place"))})
     expected_upstream = set()
     for inc in graph.includes:
         expected_upstream |= UPSTREAM_PUBLISHES.get((inc.package, inc.launch), set())

@@ -9,30 +9,15 @@ import shutil
 import numpy as np
 import pytest
 
-from twinrl_twin.scan import load_groundtruth
 from twinrl_twin.scan_sim import simulate_scan
 from twinrl_twin.sim.config import TASKS
-from twinrl_twin.twin_assets import TwinAssetError, build_twin, load_twin
-
-_BUILT: dict = {}
+from twinrl_twin.twin_assets import TwinAssetError, load_twin
 
 
 @pytest.fixture(scope="module")
-def twins(tmp_path_factory):
-    """task -> twin directory, built on first use from an 8-frame simulated scan (ground-truth
-    alignment stands in for twinrl_twin.alignment in these tests)."""
-    root = tmp_path_factory.mktemp("twins")
-
-    def get(task: str):
-        if task not in _BUILT or not _BUILT[task].exists():
-            scan = root / f"scan_{task}"
-            simulate_scan(task, scan, frames=8, seed=1, progress=False)
-            out = root / f"twin_{task}"
-            build_twin(scan, out, task, load_groundtruth(scan).scan_to_base, "groundtruth", preview=False)
-            _BUILT[task] = out
-        return _BUILT[task]
-
-    return get
+def twins(tiny_twins):
+    """task -> twin directory (tests/conftest.py: tiny_twins)."""
+    return tiny_twins
 
 
 def _run_expert(env, seed, cell=None, limit=None):

@@ -19,7 +19,7 @@ setup(
     zip_safe=True,
     license="Apache-2.0",
     entry_points={
-        "console_scripts": [],
+        "console_scripts": ["twin = twinrl_twin.nodes.twin_node:main"],
         "twinrl.commands": ["sim = twinrl_twin.sim.cli:register", "twin = twinrl_twin.cli:register"],
     },
 )
