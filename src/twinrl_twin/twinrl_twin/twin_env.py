@@ -44,7 +44,7 @@ from .sim import fr3_model  # noqa: E402
 from .sim.cameras import CAMERA_NAMES  # noqa: E402
 from .sim.config import load_task_config  # noqa: E402
 from .sim.control import DLSIK  # noqa: E402
-from .sim.env import CONTROL_DT, camera_config, episode_configuration  # noqa: E402
+from .sim.env import CONTROL_DT, camera_config, episode_configuration, reset_arguments  # noqa: E402
 from .sim.grid import WorkspaceGrid  # noqa: E402
 from .sim.scene import build_scene_xml, camera_quat_wxyz  # noqa: E402
 from .sim.tasks import EraseWhiteboard, PickAndPlace, make_task, wrap_angle  # noqa: E402
@@ -179,21 +179,7 @@ class TwinEnv:
     # -- episode -------------------------------------------------------------------------------
     def reset(self, seed: Optional[int] = None, options: Optional[dict] = None):
         self._check_open()
-        options = dict(options or {})
-        unknown = set(options) - {"configuration", "region", "cell"}
-        if unknown:
-            raise ValueError(f"unknown reset options {sorted(unknown)} (known: configuration, region, cell)")
-        from .sim.grid import REGIONS
-
-        region = options.get("region") or "all"
-        if region not in REGIONS:
-            raise ValueError(f"region must be one of {REGIONS}, got {region!r}")
-        if seed is None:
-            seed = int(self._seed_rng.integers(0, 2**31 - 1))
-        else:
-            seed = int(seed)
-            self._seed_rng = np.random.default_rng(seed + 1)
-        rng = np.random.default_rng(seed)
+        options, region, seed, rng, self._seed_rng = reset_arguments(options, seed, self._seed_rng)
         config = options.get("configuration")
         # the sim's configuration semantics (grid cells, regions, explicit poses)
         configuration = episode_configuration(self.task, self.task_obj, self.grid, config, rng, region,

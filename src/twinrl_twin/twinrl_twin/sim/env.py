@@ -63,6 +63,29 @@ def camera_config(overrides) -> CamerasConfig:
     return from_dict(apply_overrides(data, items), CamerasConfig, f"{path} (with camera_overrides)")
 
 
+def reset_arguments(options: Optional[dict], seed: Optional[int], seed_rng):
+    """Check ``reset(seed, options)`` arguments (shared by the sim world and the twin).
+
+    Returns ``(options, region, seed, rng, seed_rng)``: a copy of the options, the region
+    ("all" by default), the episode seed (drawn from ``seed_rng`` when None), the episode's
+    generator and the env's seed generator (re-seeded when a seed is given, so that a seeded
+    reset makes every later unseeded reset reproducible too).
+    """
+    options = dict(options or {})
+    unknown = set(options) - {"configuration", "region", "cell"}
+    if unknown:
+        raise ValueError(f"unknown reset options {sorted(unknown)} (known: configuration, region, cell)")
+    region = options.get("region") or "all"
+    if region not in REGIONS:
+        raise ValueError(f"region must be one of {REGIONS}, got {region!r}")
+    if seed is None:
+        seed = int(seed_rng.integers(0, 2**31 - 1))
+    else:
+        seed = int(seed)
+        seed_rng = np.random.default_rng(seed + 1)
+    return options, region, seed, np.random.default_rng(seed), seed_rng
+
+
 def episode_configuration(task: str, task_obj, grid, config: Optional[dict], rng, region: str, cell,
                           seed: int) -> dict:
     """The initial configuration of an episode: ``config`` as given (checked) or sampled from
@@ -160,19 +183,7 @@ class SimEnv:
     # -- episode -------------------------------------------------------------------------------
     def reset(self, seed: Optional[int] = None, options: Optional[dict] = None):
         self._check_open()
-        options = dict(options or {})
-        unknown = set(options) - {"configuration", "region", "cell"}
-        if unknown:
-            raise ValueError(f"unknown reset options {sorted(unknown)} (known: configuration, region, cell)")
-        region = options.get("region") or "all"
-        if region not in REGIONS:
-            raise ValueError(f"region must be one of {REGIONS}, got {region!r}")
-        if seed is None:
-            seed = int(self._seed_rng.integers(0, 2**31 - 1))
-        else:
-            seed = int(seed)
-            self._seed_rng = np.random.default_rng(seed + 1)
-        rng = np.random.default_rng(seed)
+        options, region, seed, rng, self._seed_rng = reset_arguments(options, seed, self._seed_rng)
         config = options.get("configuration")
         configuration = self._configuration_from(config, rng, region, options.get("cell"), seed)
 
