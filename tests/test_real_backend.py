@@ -216,8 +216,13 @@ def test_watchdog_estop_arbitration_force_reset(bridge_rig):
         internal.append(float(robot.diagnostics["watchdog_latency_ms"]))
     print(f"\nwatchdog: hold {internal} ms after the bridge's last command (bridge clock); "
           f"{[round(h * 1000) for h in holds]} ms end to end (publish -> bridge -> stand-in)")
+    # The guarantee is on the bridge's clock: it issues the hold within 200 ms of its last
+    # command. End to end (test publisher -> DDS -> bridge -> DDS -> stand-in process) adds
+    # the scheduling of three processes on a shared 2-core host; that leg only has to show
+    # the hold reaches the robot side, so it gets a bound host load cannot break.
     assert max(internal) <= 200.0
-    assert max(holds) <= 0.2 + 0.08  # plus two DDS hops and scheduling on a shared 2-core host
+    assert min(internal) >= 100.0, "held while actions were still fresh"
+    assert max(holds) <= 1.0
 
     # --- e-stop topic: actions produce no targets
     robot.pub_estop.publish(Bool(data=True))

@@ -226,15 +226,34 @@ class BridgeCore:
             if not self.holding and not self.resetting:
                 if self.estop or self.force_stopped or self.mode == MODE_HOLD:
                     self._hold()
-                elif self.last_command_time is None or (
-                        now - self.last_command_time + self.hold_margin() > self.envelope.cfg.watchdog_timeout):
-                    self.counters.watchdog_holds += 1
-                    self.counters.reasons["watchdog"] += 1
-                    if self.last_command_time is not None:
-                        self.last_watchdog_latency = now - self.last_command_time
-                    self._hold()
+                else:
+                    self._check_watchdog(now)
             self.backend.tick(dt if dt > 0 else self.tick_period)
             return state
+
+    def _check_watchdog(self, now: float) -> None:
+        if self.last_command_time is None or (
+                now - self.last_command_time + self.hold_margin() > self.envelope.cfg.watchdog_timeout):
+            self.counters.watchdog_holds += 1
+            self.counters.reasons["watchdog"] += 1
+            if self.last_command_time is not None:
+                self.last_watchdog_latency = now - self.last_command_time
+            self._hold()
+
+    def watchdog_deadline(self) -> Optional[float]:
+        """Clock time at which the watchdog must hold (None while holding or resetting).
+        A control loop sleeps until the earlier of its next period and this deadline, so the
+        hold does not wait for the next polling tick."""
+        with self.lock:
+            if self.holding or self.resetting or self.last_command_time is None:
+                return None
+            return self.last_command_time + self.envelope.cfg.watchdog_timeout - self.hold_margin()
+
+    def check_watchdog(self) -> None:
+        """Only the watchdog part of :meth:`tick` (no backend step), for deadline wake-ups."""
+        with self.lock:
+            if not self.holding and not self.resetting:
+                self._check_watchdog(self.clock())
 
     def _hold(self) -> None:
         self.holding = True
@@ -243,7 +262,9 @@ class BridgeCore:
         self.sync_target()
 
     def hold_margin(self) -> float:
-        return max(1.5 * self.tick_period, 0.03)
+        """Time before ``watchdog_timeout`` at which the hold is issued: covers one polling
+        period where the loop only polls, and thread wake-up jitter on a loaded host."""
+        return max(1.5 * self.tick_period, 0.05)
 
     # -- operator controls ---------------------------------------------------------------------
     def set_estop(self, engaged: bool) -> str:

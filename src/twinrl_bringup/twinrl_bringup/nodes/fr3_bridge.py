@@ -214,8 +214,22 @@ def main(argv=None) -> int:
             delay = next_t - time.monotonic()
             if delay < -period:          # fell far behind: resynchronise instead of bursting
                 next_t = time.monotonic()
-            elif delay > 0:
-                loop_stop.wait(delay)
+                continue
+            # Sleep until the next period, or until the watchdog deadline if that comes first;
+            # a deadline wake-up only runs the watchdog check (no backend step).
+            while delay > 0 and not loop_stop.is_set():
+                deadline = bridge.watchdog_deadline()
+                until_deadline = None if deadline is None else deadline - bridge.clock()
+                if until_deadline is not None and until_deadline < delay:
+                    if until_deadline > 0:
+                        loop_stop.wait(until_deadline + 0.0005)
+                    try:
+                        bridge.check_watchdog()
+                    except Exception as exc:
+                        log.error(f"watchdog check: {exc}", throttle_duration_sec=5.0)
+                else:
+                    loop_stop.wait(delay)
+                delay = next_t - time.monotonic()
 
     loop_worker = threading.Thread(target=loop_thread, name="fr3_bridge_loop", daemon=True)
     loop_worker.start()
