@@ -64,6 +64,8 @@ def main(argv=None) -> int:
     human_override_s = float(_declare(node, "human_override_s", 0.3))
     seed = int(_declare(node, "seed", 0))
     base_frame = _declare(node, "base_frame", "fr3_link0")
+    # SCHED_FIFO priority of the control-loop thread (0: normal scheduling)
+    rt_priority = int(_declare(node, "rt_priority", 20))
     # finger joint names published with /joint_states (gripper width / 2 each); "" to omit
     finger_joints = [n for n in str(_declare(node, "finger_joints", "fr3_finger_joint1,fr3_finger_joint2")).split(",")
                      if n.strip()]
@@ -196,6 +198,15 @@ def main(argv=None) -> int:
     loop_stop = threading.Event()
 
     def loop_thread():
+        # The watchdog deadline is a safety guarantee: ask for real-time scheduling of this
+        # thread (as a control loop on a robot PC runs), so a busy host cannot delay the hold.
+        if rt_priority > 0:
+            try:
+                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(rt_priority))
+                log.info(f"control loop: SCHED_FIFO priority {rt_priority}")
+            except (OSError, AttributeError) as exc:
+                log.warning(f"control loop: no real-time scheduling ({exc}); the watchdog deadline "
+                            "can slip when the host is busy (grant CAP_SYS_NICE / rtprio to fix)")
         period = 1.0 / loop_rate
         next_t = time.monotonic()
         while not loop_stop.is_set() and rclpy.ok():
@@ -214,6 +225,7 @@ def main(argv=None) -> int:
             delay = next_t - time.monotonic()
             if delay < -period:          # fell far behind: resynchronise instead of bursting
                 next_t = time.monotonic()
+                loop_stop.wait(0.001)    # never spin: this thread may run with real-time priority
                 continue
             # Sleep until the next period, or until the watchdog deadline if that comes first;
             # a deadline wake-up only runs the watchdog check (no backend step).
