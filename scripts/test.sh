@@ -30,4 +30,8 @@ export MUJOCO_GL="${MUJOCO_GL:-egl}"
 export PYTHONUNBUFFERED=1
 export TWINRL_TEST_RUN=1
 echo "twinrl tests: ROS_DOMAIN_ID=$ROS_DOMAIN_ID RMW=$RMW_IMPLEMENTATION MUJOCO_GL=$MUJOCO_GL"
-exec python -m pytest -p no:cacheprovider "${@:-tests}"
+# Each run gets its own pytest base temp dir: concurrent sessions sharing /tmp/pytest-of-$USER
+# prune each other's numbered directories.
+TMP_RUN=$(mktemp -d "${TMPDIR:-/tmp}/twinrl-tests.XXXXXX")
+trap 'rm -rf "$TMP_RUN"' EXIT
+python -m pytest -p no:cacheprovider --basetemp="$TMP_RUN/pytest" "${@:-tests}"
