@@ -27,3 +27,14 @@ def spin_until_shutdown(node, executor=None, on_shutdown: Optional[Callable[[], 
         node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+def fail_start(node, message: str, code: int = 1) -> int:
+    """Log ``message`` as fatal, destroy ``node``, shut rclpy down; returns exit ``code``.
+    The one way a node gives up during start-up (bad parameter, missing file, no backend)."""
+    import rclpy
+
+    node.get_logger().fatal(message)
+    node.destroy_node()
+    rclpy.try_shutdown()
+    return code

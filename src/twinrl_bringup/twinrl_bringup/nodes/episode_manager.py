@@ -450,7 +450,7 @@ def load_node_config(p: dict) -> EpisodeManagerConfig:
 def main(argv=None) -> int:
     import rclpy
 
-    from twinrl_bringup.nodes import spin_until_shutdown
+    from twinrl_bringup.nodes import fail_start, spin_until_shutdown
     from rclpy.action import ActionServer, CancelResponse, GoalResponse
     from rclpy.callback_groups import ReentrantCallbackGroup
     from rclpy.executors import MultiThreadedExecutor
@@ -469,10 +469,7 @@ def main(argv=None) -> int:
         config = load_node_config(p)
         ports = RosPorts(node, p, config)
     except (ValueError, OSError) as exc:
-        log.fatal(f"episode_manager cannot start: {exc}")
-        node.destroy_node()
-        rclpy.try_shutdown()
-        return 1
+        return fail_start(node, f"episode_manager cannot start: {exc}", 1)
 
     def optional(spec: str, what: str):
         if not spec:

@@ -28,7 +28,7 @@ def _declare(node, name, default):
 def main(argv=None) -> int:
     import rclpy
 
-    from twinrl_bringup.nodes import spin_until_shutdown
+    from twinrl_bringup.nodes import fail_start, spin_until_shutdown
     from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
     from rclpy.executors import MultiThreadedExecutor
     from rclpy.node import Node
@@ -77,12 +77,9 @@ def main(argv=None) -> int:
     deadline = time.monotonic() + unique_check_s
     while time.monotonic() < deadline:
         if node.count_publishers("/twinrl/fr3_bridge/status") > 0:
-            log.fatal("another fr3_bridge is already running in ROS domain "
-                      f"{os.environ.get('ROS_DOMAIN_ID', '0')} (it publishes /twinrl/fr3_bridge/status); "
-                      "two bridges would command one arm. Stop it, or use another ROS_DOMAIN_ID.")
-            node.destroy_node()
-            rclpy.try_shutdown()
-            return 1
+            return fail_start(node, "another fr3_bridge is already running in ROS domain "
+                              f"{os.environ.get('ROS_DOMAIN_ID', '0')} (it publishes /twinrl/fr3_bridge/status); "
+                              "two bridges would command one arm. Stop it, or use another ROS_DOMAIN_ID.", 1)
         rclpy.spin_once(node, timeout_sec=0.1)
 
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(levelname)s: %(message)s")
@@ -95,10 +92,7 @@ def main(argv=None) -> int:
         bridge.tick_period = 1.0 / loop_rate
         bridge.start()
     except (BackendError, RuntimeError, ValueError, ImportError) as exc:
-        log.fatal(f"fr3_bridge cannot start backend {backend_name!r}: {exc}")
-        node.destroy_node()
-        rclpy.try_shutdown()
-        return 1
+        return fail_start(node, f"fr3_bridge cannot start backend {backend_name!r}: {exc}", 1)
     log.info(f"fr3_bridge: backend {backend_name}, task {task}, loop {loop_rate:.0f} Hz, "
              f"watchdog {envelope.cfg.watchdog_timeout * 1000:.0f} ms")
 

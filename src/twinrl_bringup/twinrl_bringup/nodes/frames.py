@@ -14,7 +14,7 @@ import sys
 def main(argv=None) -> int:
     import rclpy
 
-    from twinrl_bringup.nodes import spin_until_shutdown
+    from twinrl_bringup.nodes import fail_start, spin_until_shutdown
     from rclpy.node import Node
     from rclpy.qos import DurabilityPolicy, QoSProfile
 
@@ -41,10 +41,7 @@ def main(argv=None) -> int:
         safety = load_safety_config()
         grid = load_grid(task)
     except (ConfigError, ValueError) as exc:
-        log.fatal(str(exc))
-        node.destroy_node()
-        rclpy.try_shutdown()
-        return 1
+        return fail_start(node, str(exc), 1)
 
     latched = QoSProfile(depth=100, durability=DurabilityPolicy.TRANSIENT_LOCAL)
     try:

@@ -14,7 +14,7 @@ import time
 def main(argv=None) -> int:
     import rclpy
 
-    from twinrl_bringup.nodes import spin_until_shutdown
+    from twinrl_bringup.nodes import fail_start, spin_until_shutdown
     from rclpy.node import Node
     from rclpy.qos import qos_profile_sensor_data
 
@@ -31,10 +31,7 @@ def main(argv=None) -> int:
     try:
         cfg = load_cameras_config(config)
     except ConfigError as exc:
-        log.fatal(str(exc))
-        node.destroy_node()
-        rclpy.try_shutdown()
-        return 1
+        return fail_start(node, str(exc), 1)
 
     def make(name, stream):
         ad = ImageAdapter(name, stream)

@@ -34,7 +34,7 @@ def _pyspacemouse_reader(state, lock, stop, log):
 def main(argv=None) -> int:
     import rclpy
 
-    from twinrl_bringup.nodes import spin_until_shutdown
+    from twinrl_bringup.nodes import fail_start, spin_until_shutdown
     from rclpy.node import Node
 
     from geometry_msgs.msg import Twist
@@ -55,10 +55,7 @@ def main(argv=None) -> int:
         overrides = [("input", input_override)] if input_override else []
         cfg = load_intervention_config(config, overrides)
     except ConfigError as exc:
-        log.fatal(str(exc))
-        node.destroy_node()
-        rclpy.try_shutdown()
-        return 1
+        return fail_start(node, str(exc), 1)
     cfg.task = task or cfg.task
     iv = Intervention(cfg)
     lock = threading.Lock()

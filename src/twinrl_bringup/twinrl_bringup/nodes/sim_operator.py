@@ -8,7 +8,7 @@ import time
 def main(argv=None) -> int:
     import rclpy
 
-    from twinrl_bringup.nodes import spin_until_shutdown
+    from twinrl_bringup.nodes import fail_start, spin_until_shutdown
     from rclpy.node import Node
 
     from geometry_msgs.msg import Twist
@@ -29,10 +29,7 @@ def main(argv=None) -> int:
     try:
         script = load_script(script_name)
     except (ConfigError, ValueError) as exc:
-        log.fatal(str(exc))
-        node.destroy_node()
-        rclpy.try_shutdown()
-        return 1
+        return fail_start(node, str(exc), 1)
     pub_twist = node.create_publisher(Twist, twist_topic, 10)
     pub_joy = node.create_publisher(Joy, joy_topic, 10)
     t0 = time.monotonic() + start_delay

@@ -30,7 +30,7 @@ import time
 def main(argv=None) -> int:
     import rclpy
 
-    from twinrl_bringup.nodes import spin_until_shutdown
+    from twinrl_bringup.nodes import fail_start, spin_until_shutdown
     from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
     from rclpy.executors import MultiThreadedExecutor
     from rclpy.node import Node
@@ -63,10 +63,7 @@ def main(argv=None) -> int:
     base_frame = str(p("base_frame", "fr3_link0"))
 
     def fail(msg: str) -> int:
-        log.fatal(msg)
-        node.destroy_node()
-        rclpy.try_shutdown()
-        return 2
+        return fail_start(node, msg, 2)
 
     if not checkpoint:
         return fail("parameter 'checkpoint' is required (path of a policy checkpoint)")

@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     from std_msgs.msg import Float64
     from std_srvs.srv import Trigger
 
-    from twinrl_bringup.nodes import spin_until_shutdown
+    from twinrl_bringup.nodes import fail_start, spin_until_shutdown
 
     rclpy.init(args=argv)
     node = Node("twin")
@@ -80,10 +80,7 @@ def main(argv=None) -> int:
     live_mask_topic = str(node.declare_parameter("live_mask_topic", "").value)
 
     def fatal(text: str) -> int:
-        log.fatal(text)
-        node.destroy_node()
-        rclpy.try_shutdown()
-        return 1
+        return fail_start(node, text, 1)
 
     if not twin_dir:
         return fatal("parameter twin_dir is required: a twin directory from `twinrl twin build --scan SCAN --out TWIN`")
