@@ -58,6 +58,9 @@ def write_rule_dataset(root, episodes: int, steps: int, source: str, task: str =
     for e in range(episodes):
         obs, act = rule_observation(rng, steps + 1)
         w.write_episode(EpisodeData(
+            # fixed ids: the loader orders episodes by file name, so random ids would change the
+            # training data order (and the trained policy) from run to run
+            episode_id=f"{task}-{source}-seed{seed}-{e:03d}",
             task=task, observations=obs, actions=act[:steps], rewards=np.zeros(steps, np.float32),
             terminated=np.zeros(steps, bool), truncated=np.eye(1, steps, steps - 1, dtype=bool)[0],
             success=np.zeros(steps, bool), source=np.full(steps, {"twin": 1, "real": 0, "demo": 2}[source]),

@@ -56,7 +56,7 @@ def test_alpha_is_the_probability_of_a_real_sample():
 @pytest.mark.slow
 def test_sft_loss_goes_down_and_beats_the_untrained_policy(data, tmp_path):
     out = tmp_path / "policy.ckpt"
-    tr = SFTTrainer(TASK, data, out, tiny_model_config(), tiny_sft_config(steps=450), progress=False,
+    tr = SFTTrainer(TASK, data, out, tiny_model_config(), tiny_sft_config(steps=900), progress=False,
                     log=lambda s: None)
     test = _held_out()
     err_untrained = action_error(tr.policy, test, TASK)
@@ -72,7 +72,7 @@ def test_sft_loss_goes_down_and_beats_the_untrained_policy(data, tmp_path):
         pred = policy.act(make_batch(policy, arr, 0)).numpy()
     assert np.corrcoef(pred[:, 0], arr["action"][:, 0])[0, 1] > 0.8
     assert np.mean(np.sign(pred[:, 6]) == arr["action"][:, 6]) > 0.9
-    assert ckpt.metadata["stage"] == "sft" and ckpt.metadata["step"] == 450 and result.sha256 == file_sha256(out)
+    assert ckpt.metadata["stage"] == "sft" and ckpt.metadata["step"] == 900 and result.sha256 == file_sha256(out)
     assert list((tmp_path / "policy_tb").glob("events.out.tfevents.*"))  # TensorBoard scalars
 
 
