@@ -285,6 +285,11 @@ def test_operator_success_label_between_detector_statuses_ends_the_episode(graph
     FakeBridge(node)               # keeps publishing success=false at 20 Hz
     labels = node.create_publisher(TaskStatus, "/twinrl/task_status", 10)
     proc = start_manager(spawn_node, tmp_path, ros_env)
+    # the label is published once: it must not go out before the manager's subscription matched
+    deadline = time.monotonic() + 30
+    while labels.get_subscription_count() < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert labels.get_subscription_count() >= 1, proc.output()[-2000:]
     feedback = []
 
     def on_feedback(f):

@@ -97,6 +97,21 @@ def test_expert_episode_through_bridge_core(backend):
     assert core.counters.rejected == 0
 
 
+def test_expert_steps_only_after_its_action_was_applied(backend):
+    """The expert's phase machine counts steps: a step nobody applied must not be skipped."""
+    backend.reset(sample_configuration("pick_and_place", 0, 0, (0, 1), seed=4))
+    a0, k0 = backend.expert_action(now=100.0)
+    a1, k1 = backend.expert_action(now=100.1)      # not applied yet: the same step again
+    assert (k0, k1) == (0, 0) and np.array_equal(a0, a1)
+    s = backend.read_state()
+    backend.command(CartesianTarget(s.tcp_position + a0[:3], s.tcp_quaternion, a0[6], 0.0))
+    _, k2 = backend.expert_action(now=100.2)
+    assert k2 == 1
+    _, k3 = backend.expert_action(now=100.3)
+    _, k4 = backend.expert_action(now=100.3 + backend.cfg.expert_stale_s)   # stale: recomputed
+    assert (k3, k4) == (1, 2)
+
+
 def test_backend_config_errors():
     assert load_backend_config(None).render is True
     assert load_backend_config("{render: false}").render is False

@@ -26,6 +26,7 @@ def test_episode_cli_and_single_bridge(ros_env, tmp_path, spawn_node):
         log = graph.log_path.read_text()
         assert res.returncode == 0, res.stdout + res.stderr + log[-3000:]
         summary = json.loads(res.stdout.strip().splitlines()[-1])
+        print("\nepisode:", summary["results"])
         assert summary["episodes"] == 1 and summary["successes"] == 1, summary
         ep = summary["results"][0]
         assert ep["region"] == "ood" and 0 < ep["length"] < 150 and ep["return"] > 0

@@ -75,7 +75,9 @@ def _load_callable(spec: str):
 
 class TopicExpert:
     """Expert controller whose actions come from a topic (the sim backend's scripted expert,
-    which sees the privileged sim state). One fresh expert action per control step."""
+    which sees the privileged sim state). One fresh expert step per control step: the sim
+    expert re-publishes a pending action with the same ``step`` until it was applied, and each
+    ``step`` is taken once."""
 
     def __init__(self, node, topic: str, wait_s: float, callback_group=None):
         from twinrl_msgs.msg import Action
@@ -84,8 +86,8 @@ class TopicExpert:
         self.wait_s = wait_s
         self.cond = threading.Condition()
         self.latest: Optional[np.ndarray] = None
-        self.count = 0
-        self.used = 0
+        self.latest_step: Optional[int] = None
+        self.used_step: Optional[int] = None
         node.create_subscription(Action, topic, self._on_action, 10, callback_group=callback_group)
 
     def _on_action(self, msg) -> None:
@@ -93,7 +95,7 @@ class TopicExpert:
 
         with self.cond:
             self.latest = action_from_msg(msg)
-            self.count += 1
+            self.latest_step = int(msg.step)
             self.cond.notify_all()
 
     def __call__(self, task: str) -> "TopicExpert":
@@ -102,12 +104,13 @@ class TopicExpert:
     def reset(self, configuration: dict) -> None:
         with self.cond:
             self.latest = None
-            self.used = self.count
+            self.latest_step = None
+            self.used_step = None
 
     def act(self, obs, object_pose, configuration) -> np.ndarray:
         deadline = time.monotonic() + self.wait_s
         with self.cond:
-            while self.count <= self.used or self.latest is None:
+            while self.latest is None or self.latest_step == self.used_step:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
@@ -115,7 +118,10 @@ class TopicExpert:
             if self.latest is None:
                 raise EpisodeError(f"no expert action on {self.topic} within {self.wait_s:.1f} s "
                                    "(the expert controller needs the sim backend)")
-            self.used = self.count
+            if self.latest_step == self.used_step:
+                raise EpisodeError(f"the expert on {self.topic} has not moved past step {self.used_step} "
+                                   f"for {self.wait_s:.1f} s (its last action was not applied)")
+            self.used_step = self.latest_step
             return self.latest.copy()
 
 
@@ -153,7 +159,7 @@ class RosPorts:
         self.Action = Action
         self.pub_action = node.create_publisher(Action, p["action_out_topic"], 10)
         node.create_subscription(Action, p["action_topic"], self._on_action, 50, callback_group=sensors)
-        node.create_subscription(TaskStatus, p["status_topic"], self._on_status, 10, callback_group=sensors)
+        node.create_subscription(TaskStatus, p["status_topic"], self._on_status, 100, callback_group=sensors)
         node.create_subscription(PoseStamped, p["object_pose_topic"], self._on_object, 10, callback_group=sensors)
         if p["observation_topic"]:
             node.create_subscription(Observation, p["observation_topic"], self._on_bundle, 5, callback_group=sensors)

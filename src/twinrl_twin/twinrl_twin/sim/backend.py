@@ -16,6 +16,13 @@ rate on ``/twinrl/sim/expert_action`` (twinrl_msgs/Action, ``source = SOURCE_SCR
 ``/twinrl/action`` once per control step, so expert episodes go through fr3_bridge and its
 safety envelope like any policy. Nothing moves unless someone forwards these actions.
 
+The expert steps in lockstep with the commands that reach the arm: it computes its next
+action only once the previous one was applied (a ``command``), and re-publishes the same
+action with the same ``step`` until then (or until ``expert_stale_s`` passes). Its phase
+machine counts steps (e.g. five steps of closing before lifting), so a free-running expert
+on a busy host, whose actions the episode manager skips, would lift before the gripper
+closed. Consumers take each ``step`` once.
+
 Options (fr3_bridge parameter ``backend_config``): a YAML file name/path, or an inline YAML
 mapping, of :class:`SimBackendConfig`, e.g.
 ``{render: true, camera_overrides: {third_person.width: 64, third_person.height: 64}}``.
@@ -26,6 +33,7 @@ This module also holds the sim-world helpers the episode manager loads by name:
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -48,6 +56,7 @@ class SimBackendConfig:
     perturbation: Optional[str] = None           # None, clutter, dark, dynamic_light
     expert_topic: str = EXPERT_TOPIC             # "" disables the expert action stream
     expert_rate: float = 10.0                    # Hz
+    expert_stale_s: float = 1.0                  # recompute the expert action when none was applied for this long
 
 
 def load_backend_config(config: Any = None) -> SimBackendConfig:
@@ -137,6 +146,8 @@ class SimBackend:
         self.lock = threading.RLock()
         self.expert = None
         self.expert_step = 0
+        self.commands = 0                    # targets applied since start (the expert's lockstep)
+        self._expert_cache: Optional[tuple] = None   # (action, step, commands when computed, time)
         self.resets = 0
         self._pub = None
         self._timer = None
@@ -161,6 +172,7 @@ class SimBackend:
             self._gl(lambda: self.env.reset(seed=self.seed))
             self.expert = self.env.expert()
             self.expert_step = 0
+            self._expert_cache = None
             self._status = None
         if self.node is not None and self.cfg.expert_topic:
             from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -195,6 +207,7 @@ class SimBackend:
     def command(self, target: CartesianTarget) -> None:
         with self.lock:
             self.env.set_target(target.position, target.quaternion, target.gripper)
+            self.commands += 1
 
     def hold(self) -> None:
         with self.lock:
@@ -247,6 +260,7 @@ class SimBackend:
             if self.expert is not None:
                 self.expert.reset()
             self.expert_step = 0
+            self._expert_cache = None
             self.resets += 1
             self._status = None
             applied = dict(info["configuration"])
@@ -278,13 +292,21 @@ class SimBackend:
         return env.task_obj.success(env._fingers_touch())
 
     # -- expert --------------------------------------------------------------------------------
-    def expert_action(self) -> tuple[np.ndarray, int]:
-        """The scripted expert's next action (7,) and its step index since the reset."""
+    def expert_action(self, now: Optional[float] = None) -> tuple[np.ndarray, int]:
+        """The scripted expert's action (7,) and its step index since the reset.
+
+        A new step is computed only when a command was applied since the last one (or the last
+        one is older than ``expert_stale_s``); otherwise the pending action is returned again."""
+        now = time.monotonic() if now is None else now
         with self.lock:
+            c = self._expert_cache
+            if c is not None and self.commands == c[2] and now - c[3] < self.cfg.expert_stale_s:
+                return c[0].copy(), c[1]
             a = np.asarray(self.expert.act({}, {"configuration": self.env.configuration}), dtype=float)
             step = self.expert_step
             self.expert_step += 1
-            return a, step
+            self._expert_cache = (a, step, self.commands, now)
+            return a.copy(), step
 
     def _publish_expert(self) -> None:
         from twinrl_msgs.msg import Action
