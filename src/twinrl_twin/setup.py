@@ -20,6 +20,7 @@ setup(
     license="Apache-2.0",
     entry_points={
         "console_scripts": ["twin = twinrl_twin.nodes.twin_node:main"],
-        "twinrl.commands": ["sim = twinrl_twin.sim.cli:register", "twin = twinrl_twin.cli:register"],
+        "twinrl.commands": ["sim = twinrl_twin.sim.cli:register", "twin = twinrl_twin.cli:register",
+                            "demos = twinrl_twin.demogen.cli:register"],
     },
 )

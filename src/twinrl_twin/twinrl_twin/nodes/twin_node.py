@@ -16,6 +16,11 @@ Service ``/twinrl/twin/realign`` (std_srvs/Trigger): re-runs alignment from the 
 in the twin directory in a background thread; the answer says whether it started (false
 with the reason when the scan is gone or a run is in progress); the new transform is
 swapped in when it finishes, and the outcome is logged.
+
+Action ``/twinrl/twin/generate_demonstrations`` (twinrl_msgs/GenerateDemonstrations): stage I,
+twin demonstrations from one seed demonstration (:mod:`twinrl_twin.demogen.generate`); an
+empty ``twin_dir`` means this node's twin. Feedback after each requested demo (generated,
+rejected, total); cancel stops after the demos in progress. One goal at a time.
 """
 from __future__ import annotations
 
@@ -254,6 +259,7 @@ def main(argv=None) -> int:
 
     node.create_service(Trigger, "/twinrl/twin/realign", on_realign)
     node.create_timer(1.0 / rate, tick)
+    serve_generate_demonstrations(node, twin_dir)
     log.info(f"twin: {twin_dir} ({view.assets.task}); cameras {cameras}, overlay on {overlay_camera}, "
              f"live mask {live_mask_mode}, {rate:g} Hz")
 
@@ -262,7 +268,77 @@ def main(argv=None) -> int:
         if sim_mask is not None:
             sim_mask.close()
 
-    return spin_until_shutdown(node, on_shutdown=shutdown)
+    from rclpy.executors import MultiThreadedExecutor
+
+    return spin_until_shutdown(node, MultiThreadedExecutor(num_threads=3), on_shutdown=shutdown)
+
+
+def serve_generate_demonstrations(node, default_twin: str) -> None:
+    """The GenerateDemonstrations action server (see the module doc)."""
+    from rclpy.action import ActionServer, CancelResponse, GoalResponse
+    from rclpy.callback_groups import ReentrantCallbackGroup
+    from twinrl_msgs.action import GenerateDemonstrations
+
+    from twinrl_twin.demogen.generate import METHODS, generate
+
+    log = node.get_logger()
+    busy = threading.Lock()
+
+    def on_goal(goal):
+        if goal.method not in METHODS:
+            log.error(f"generate_demonstrations: method must be one of {METHODS}, got {goal.method!r}")
+            return GoalResponse.REJECT
+        if busy.locked():
+            log.error("generate_demonstrations: a generation is already running")
+            return GoalResponse.REJECT
+        return GoalResponse.ACCEPT
+
+    def execute(goal_handle):
+        g = goal_handle.request
+        result = GenerateDemonstrations.Result()
+        if not busy.acquire(blocking=False):
+            result.ok, result.message = False, "a generation is already running"
+            goal_handle.abort()
+            return result
+        try:
+            twin = g.twin_dir or default_twin
+
+            def on_result(_res, counts):
+                fb = GenerateDemonstrations.Feedback()
+                fb.generated, fb.rejected, fb.total = counts["generated"], counts["rejected"], counts["total"]
+                goal_handle.publish_feedback(fb)
+
+            try:
+                summary = generate(twin, g.seed_demo_uri, g.output_dir, int(g.n_id), int(g.n_ood), method=g.method,
+                                   workers=max(1, int(g.workers)), seed=int(g.seed), progress=False,
+                                   on_result=on_result, cancelled=lambda: goal_handle.is_cancel_requested)
+            except Exception as exc:  # noqa: BLE001 - bad goal (missing twin/demo, ...): abort with the reason
+                result.ok, result.message = False, f"{type(exc).__name__}: {exc}"
+                log.error(f"generate_demonstrations: {result.message}")
+                goal_handle.abort()
+                return result
+        finally:
+            busy.release()
+        result.ok = summary["generated"] > 0
+        result.generated, result.rejected = summary["generated"], summary["rejected"]
+        reasons = sorted(summary["rejections"].items())
+        result.rejection_reasons = [k for k, _ in reasons]
+        result.rejection_counts = [int(v) for _, v in reasons]
+        result.wall_time_s = float(summary["wall_time_s"])
+        result.output_dir = summary["out"]
+        missing = sum(len(v) for v in summary["missing_cells"].values())
+        result.message = (f"{summary['generated']}/{summary['requested']} demos ({summary['demos_per_minute']:.0f}/min), "
+                          f"{summary['rejected']} rejected" + (f", {missing} cells missing" if missing else ""))
+        log.info(f"generate_demonstrations: {result.message} -> {result.output_dir}")
+        if summary["cancelled"]:
+            goal_handle.canceled()
+        else:
+            goal_handle.succeed()
+        return result
+
+    ActionServer(node, GenerateDemonstrations, "/twinrl/twin/generate_demonstrations", execute_callback=execute,
+                 goal_callback=on_goal, cancel_callback=lambda _h: CancelResponse.ACCEPT,
+                 callback_group=ReentrantCallbackGroup())
 
 
 if __name__ == "__main__":

@@ -1,0 +1,158 @@
+"""Run a generated end-effector path in the kinematic twin and keep it as a dataset episode.
+
+:func:`execute_path` resets the twin to the candidate's configuration, steps the path's delta
+actions (checking collisions after every step when a checker is given), lets the task settle
+with a few no-op steps, and returns an :class:`~twinrl_bringup.dataset.EpisodeData` tagged
+``twin``; a problem raises :class:`~.path.CandidateRejected`. :func:`generate_candidate` is
+the whole pipeline for one configuration and never raises for a candidate problem: it returns
+a :class:`~.path.Candidate` or a :class:`~.path.Rejection`.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable, Optional
+
+import numpy as np
+
+from twinrl_bringup import dataset as ds
+
+from .keyframes import map_keyframes
+from .path import (REJECT_COLLISION, REJECT_ERROR, REJECT_TASK_FAILED, REJECT_UNREACHABLE, Candidate,
+                   CandidateRejected, EEPath, Rejection)
+from .transfer import affine_transfer
+
+METHODS = ("affine", "plan")
+OBJECT_TOLERANCE = 0.001        # m: the applied object pose must match the requested one
+
+
+def _obs_arrays(observations: list) -> dict:
+    out = {"proprio": np.stack([np.asarray(o["proprio"], np.float32) for o in observations])}
+    for name in ds.IMAGE_KEYS:
+        if name in observations[0]:
+            out[name] = np.stack([o[name] for o in observations])
+    return out
+
+
+def execute_path(env, path: EEPath, configuration: dict, collision_check: Optional[Callable] = None,
+                 max_extra_steps: int = 10, method: str = "affine", seed_demo: str = "") -> ds.EpisodeData:
+    """Execute ``path`` in ``env`` (a twin env) from ``configuration``; see module doc.
+
+    ``collision_check(env)`` returns the disallowed contact pairs ``[(geom_a, geom_b), ...]``
+    of the current state (empty: fine). Raises ``CandidateRejected`` with
+    ``unreachable`` (the env did not place the object where asked), ``collision`` or
+    ``task_failed``."""
+    if not isinstance(path, EEPath):
+        raise ValueError(f"path: expected an EEPath, got {type(path).__name__}")
+    if not isinstance(configuration, dict) or "object_pose" not in configuration:
+        raise ValueError("configuration: expected a dict with 'object_pose' [x, y, z, qx, qy, qz, qw]")
+    if int(max_extra_steps) < 0:
+        raise ValueError(f"max_extra_steps must be >= 0, got {max_extra_steps}")
+    obs, info = env.reset(options={"configuration": dict(configuration)})
+    applied = env.configuration
+    want = np.asarray(configuration["object_pose"], float).reshape(-1)[:3]
+    got = np.asarray(applied["object_pose"], float)[:3]
+    err = float(np.linalg.norm(want - got))
+    if err > OBJECT_TOLERANCE:
+        raise CandidateRejected(REJECT_UNREACHABLE, f"the twin put the object at {np.round(got, 4).tolist()}, "
+                                f"{err * 1000:.1f} mm from the requested {np.round(want, 4).tolist()}")
+
+    observations = [obs]
+    actions, rewards, terms, truncs, succs = [], [], [], [], []
+
+    def step(a):
+        o, r, term, trunc, inf = env.step(a)
+        observations.append(o)
+        actions.append(np.asarray(a, np.float32))
+        rewards.append(r)
+        terms.append(bool(term))
+        truncs.append(bool(trunc))
+        succs.append(bool(inf["success"]))
+        if collision_check is not None:
+            pairs = list(collision_check(env) or [])
+            if pairs:
+                names = ", ".join(f"{a}-{b}" for a, b in pairs[:5])
+                raise CandidateRejected(REJECT_COLLISION, f"step {len(actions) - 1}: {names}"
+                                        + (f" (+{len(pairs) - 5} more)" if len(pairs) > 5 else ""))
+        return bool(inf["success"]), bool(term or trunc)
+
+    # The whole path is the demonstration: it runs to its end even when the twin reports success
+    # earlier (the twin's success test is kinematic and can fire a step or two before a physical
+    # cell would: stopping there would cut the end of a wipe or an insertion). The episode
+    # terminates at its last step, when the task is (still) done then.
+    done = success = False
+    for a in path.actions():
+        success, done = step(a)
+        if done and not success:
+            break
+    if not (success or done):
+        hold = np.zeros(7)
+        hold[6] = float(path.gripper[-1])
+        for _ in range(int(max_extra_steps)):
+            success, done = step(hold)
+            if success or done:
+                break
+    if not success:
+        raise CandidateRejected(REJECT_TASK_FAILED, f"no success after {len(actions)} steps "
+                                f"({len(path)} path steps + up to {max_extra_steps} settling steps)")
+    T = len(actions)
+    terms = [False] * (T - 1) + [True]
+    truncs = [False] * T
+    return ds.EpisodeData(
+        task=env.task, observations=_obs_arrays(observations), actions=np.asarray(actions, np.float32),
+        rewards=np.asarray(rewards, np.float32), terminated=np.asarray(terms, bool),
+        truncated=np.asarray(truncs, bool), success=np.asarray(succs, bool),
+        source=np.full(T, ds.SOURCE_TWIN, np.uint8), intervention=np.zeros(T, bool),
+        episode_source=ds.SOURCE_TWIN, initial_configuration=dict(applied), policy_version="",
+        episode_id=ds.new_episode_id(env.task),
+        extra={"generator": method, "seed_demo": seed_demo,
+               "keyframes": {name: int(i) for name, i in path.segments}},
+    )
+
+
+def _path_in_workspace(env, path: EEPath) -> None:
+    safety = getattr(env, "safety", None)
+    if safety is None:
+        return
+    inside = np.array([safety.contains(p, tol=1e-3) for p in path.positions])
+    if not inside.all():
+        k = int(np.argmin(inside))
+        raise CandidateRejected(REJECT_UNREACHABLE, f"path pose {k} at {np.round(path.positions[k], 3).tolist()} "
+                                f"is outside the workspace box")
+
+
+def generate_candidate(env, demo, keyframes, configuration: dict, method: str = "affine", planner=None,
+                       collision_check: Optional[Callable] = None, max_extra_steps: int = 10):
+    """One candidate: map the keyframes to ``configuration``, build the path (``affine``:
+    :func:`~.transfer.affine_transfer`; ``plan``: ``planner(env, demo, keyframes,
+    new_keyframes) -> EEPath``), execute it in ``env``. Returns a :class:`Candidate` or a
+    :class:`Rejection` (never raises for a candidate problem; unexpected exceptions become
+    ``Rejection("error", repr)``). ValueError for an unknown method or ``plan`` without planner."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "plan" and planner is None:
+        raise ValueError("method 'plan' needs a planner(env, demo, keyframes, new_keyframes) -> EEPath")
+    t0 = time.perf_counter()
+    cfg = dict(configuration)
+    try:
+        new_kf = map_keyframes(demo, keyframes, cfg, env.task_obj)
+        if method == "affine":
+            path = affine_transfer(demo, keyframes, new_kf)
+        else:
+            path = planner(env, demo, keyframes, new_kf)
+            if not isinstance(path, EEPath):
+                raise CandidateRejected(REJECT_ERROR, f"planner returned {type(path).__name__}, not an EEPath")
+        _path_in_workspace(env, path)
+        episode = execute_path(env, path, cfg, collision_check=collision_check, max_extra_steps=max_extra_steps,
+                               method=method, seed_demo=demo.episode_id)
+    except CandidateRejected as exc:
+        rej = exc.rejection
+        return Rejection(rej.reason, rej.detail, cfg)
+    except Exception as exc:  # noqa: BLE001 - a candidate problem, reported not raised
+        return Rejection(REJECT_ERROR, repr(exc), cfg)
+    seconds = time.perf_counter() - t0
+    return Candidate(episode=episode, path=path, method=method, configuration=dict(episode.initial_configuration),
+                     seconds=seconds, info={"keyframes": dict(episode.extra["keyframes"]), "steps": episode.length,
+                                            "path_steps": len(path)})
+
+
+__all__ = ["execute_path", "generate_candidate", "METHODS"]

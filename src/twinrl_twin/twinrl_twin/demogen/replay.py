@@ -1,0 +1,205 @@
+"""Replaying recorded action sequences in another world.
+
+* :func:`transfer_rate`: the kept twin demos' actions replayed open-loop in the sim world (the
+  physics stand-in for the real cell) from the same initial configuration. The fraction that
+  succeed is the twin-to-world transfer rate of the generated demonstrations.
+* :func:`pair_demos`: each (real) demonstration replayed in the twin under its own initial
+  configuration, recording the twin's observations: paired real/twin samples. The twin
+  episode carries ``extra["pair_of"]`` (the real episode id) and ``extra["pair_file"]``;
+  :func:`load_pairs` joins them again.
+
+Open-loop: the recorded actions are applied one by one with no feedback, then up to
+``settle_steps`` no-op steps (zero motion, the last gripper command) while the world decides.
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from twinrl_bringup import dataset as ds
+
+_ENVS: dict = {}
+
+
+def _episode_paths(source) -> list[Path]:
+    """Episode files from a dataset directory, a file, or a list of either."""
+    items = source if isinstance(source, (list, tuple)) else [source]
+    out: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            d = ds.Dataset(p)
+            out.extend(d.path(i) for i in range(len(d)))
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"{p}: no such episode file or dataset directory")
+    return out
+
+
+def replay_actions(env, configuration: dict, actions: np.ndarray, settle_steps: int = 10,
+                   record: bool = False) -> dict:
+    """Reset ``env`` to ``configuration`` and apply ``actions`` open-loop. Returns success, the
+    step of the first success (or -1), and with ``record`` the observations/rewards/flags."""
+    actions = np.asarray(actions, dtype=float).reshape(-1, 7)
+    if not np.all(np.isfinite(actions)):
+        raise ValueError("replay: the episode's actions contain non-finite values")
+    obs, info = env.reset(options={"configuration": configuration})
+    observations, rewards, success = [obs], [], []
+    first = -1
+    noop = np.zeros(7)
+    noop[6] = actions[-1, 6] if len(actions) else -1.0
+    for k in range(len(actions) + settle_steps):
+        a = actions[k] if k < len(actions) else noop
+        obs, reward, terminated, truncated, info = env.step(a)
+        ok = bool(info.get("success", False))
+        if record:
+            observations.append(obs)
+            rewards.append(float(reward))
+            success.append(ok)
+        if ok:
+            first = k
+            break
+    out = {"success": first >= 0, "first_success_step": first, "steps": (first + 1) if first >= 0 else
+           len(actions) + settle_steps, "configuration": dict(info.get("configuration", configuration))}
+    if record:
+        out.update(observations=observations, rewards=rewards, success_flags=success)
+    return out
+
+
+# ----------------------------------------------------------------------------- twin -> sim transfer
+def _sim_env(task: str):
+    from ..sim.env import make_env
+
+    key = ("sim", task)
+    if key not in _ENVS:
+        _ENVS[key] = make_env(task, render=False)
+    return _ENVS[key]
+
+
+def _replay_file(args) -> dict:
+    path, settle_steps = args
+    t0 = time.perf_counter()
+    ep = ds.load_episode(path, images=False)
+    env = _sim_env(ep.task)
+    res = replay_actions(env, ep.initial_configuration, ep.actions, settle_steps)
+    return {"file": str(path), "episode_id": ep.episode_id, "task": ep.task, "region": ep.region,
+            "cell": list(ep.cell), "success": res["success"], "steps": res["steps"],
+            "generator": (ep.extra or {}).get("generator", ""), "seconds": time.perf_counter() - t0}
+
+
+def transfer_rate(source, workers: int = 1, settle_steps: int = 10, progress: bool = True) -> dict:
+    """Open-loop replay of every episode of ``source`` (dataset dir(s) / files) in the sim world."""
+    paths = _episode_paths(source)
+    if not paths:
+        raise ValueError(f"no episodes in {source}")
+    jobs = [(p, settle_steps) for p in paths]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(jobs), desc="open-loop replay in the sim world", unit="ep")
+    t0 = time.perf_counter()
+    results = []
+    if workers <= 1:
+        for j in jobs:
+            results.append(_replay_file(j))
+            if bar is not None:
+                bar.update(1)
+    else:
+        import multiprocessing as mp
+
+        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=mp.get_context("spawn")) as pool:
+            for r in pool.map(_replay_file, jobs, chunksize=max(1, len(jobs) // (4 * workers))):
+                results.append(r)
+                if bar is not None:
+                    bar.update(1)
+    if bar is not None:
+        bar.close()
+    by = defaultdict(lambda: [0, 0])
+    for r in results:
+        for key in (r["task"], f"{r['task']}/{r['region']}"):
+            by[key][0] += int(r["success"])
+            by[key][1] += 1
+    n_ok = sum(r["success"] for r in results)
+    return {"episodes": len(results), "successes": int(n_ok), "transfer_rate": n_ok / len(results),
+            "by": {k: {"successes": v[0], "episodes": v[1], "rate": v[0] / v[1]} for k, v in sorted(by.items())},
+            "failures": [r["file"] for r in results if not r["success"]],
+            "wall_time_s": time.perf_counter() - t0, "settle_steps": settle_steps}
+
+
+# ----------------------------------------------------------------------------- real -> twin pairs
+def pair_demos(twin, demos, out, settle_steps: int = 0, camera_overrides: Optional[dict] = None,
+               progress: bool = True) -> dict:
+    """Replay each demonstration of ``demos`` in ``twin`` (its initial configuration, its actions)
+    and write the twin episode with its observations to ``out``, linked to the original."""
+    from ..twin_env import make_twin_env
+
+    paths = _episode_paths(demos)
+    if not paths:
+        raise ValueError(f"no episodes in {demos}")
+    writer = ds.DatasetWriter(out)
+    env = make_twin_env(twin, render=True, camera_overrides=camera_overrides)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(paths), desc=f"pairing demos in the twin ({env.task})", unit="ep")
+    pairs = []
+    try:
+        for p in paths:
+            real = ds.load_episode(p, images=False)
+            if real.task != env.task:
+                raise ValueError(f"{p}: a {real.task!r} episode, the twin is for {env.task!r}")
+            res = replay_actions(env, real.initial_configuration, real.actions, settle_steps, record=True)
+            T = len(res["rewards"])
+            obs = {k: np.stack([o[k] for o in res["observations"]]) for k in ("proprio", *ds.IMAGE_KEYS)
+                   if k in res["observations"][0]}
+            obs["proprio"] = obs["proprio"].astype(np.float32)
+            actions = np.asarray(real.actions[:T], dtype=np.float32)
+            if T > len(real.actions):          # settle steps
+                pad = np.zeros((T - len(real.actions), 7), np.float32)
+                pad[:, 6] = real.actions[-1, 6]
+                actions = np.concatenate([actions, pad])
+            succ = np.asarray(res["success_flags"], bool)
+            term = succ.copy()
+            trunc = np.zeros(T, bool)
+            if T and not term[-1]:
+                trunc[-1] = True
+            twin_ep = ds.EpisodeData(
+                task=real.task, observations=obs, actions=actions, rewards=np.asarray(res["rewards"], np.float32),
+                terminated=term, truncated=trunc, success=succ, source=np.full(T, ds.SOURCE_TWIN, np.uint8),
+                episode_source=ds.SOURCE_TWIN, initial_configuration=res["configuration"],
+                extra={"generator": "pair", "pair_of": real.episode_id, "pair_file": str(p)})
+            written = writer.write_episode(twin_ep)
+            pairs.append({"real": str(p), "real_episode_id": real.episode_id, "twin": str(written),
+                          "twin_episode_id": twin_ep.episode_id, "real_success": real.is_success,
+                          "twin_success": bool(res["success"]), "length": T})
+            if bar is not None:
+                bar.update(1)
+    finally:
+        env.close()
+        if bar is not None:
+            bar.close()
+    agree = sum(p["real_success"] == p["twin_success"] for p in pairs)
+    return {"pairs": pairs, "count": len(pairs), "twin_successes": sum(p["twin_success"] for p in pairs),
+            "outcome_agreement": agree / len(pairs), "out": str(out)}
+
+
+def load_pairs(real_dir, twin_dir, images: bool = True) -> list[tuple]:
+    """(real episode, twin episode) for every twin episode of ``twin_dir`` paired with one of ``real_dir``."""
+    real = ds.Dataset(real_dir)
+    by_id = {e["episode_id"]: i for i, e in enumerate(real.entries)}
+    twin = ds.Dataset(twin_dir)
+    out = []
+    for i in range(len(twin)):
+        t = twin.load(i, images=images)
+        rid = (t.extra or {}).get("pair_of")
+        if rid in by_id:
+            out.append((real.load(by_id[rid], images=images), t))
+    return out
