@@ -123,6 +123,21 @@ def resample_tcp_path(positions: np.ndarray, quats: np.ndarray, max_step: float 
 
 # --- the shared keyframe planner -----------------------------------------------------------------
 
+
+def densify_checked(q_start, states, checker, width, attached, T_tcp_obj, problem: str) -> list:
+    """Joint path through ``states`` interpolated every DENSE_JOINT_STEP rad, starting at
+    ``q_start``; every configuration is checked (CandidateRejected planner_failure: ``problem``)."""
+    out = [np.asarray(q_start, float)]
+    for a, b in zip(states[:-1], states[1:]):
+        n = max(1, int(math.ceil(np.max(np.abs(b - a)) / DENSE_JOINT_STEP)))
+        for j in range(1, n + 1):
+            q = a + (b - a) * (j / n)
+            if not checker.state_valid(q, width, attached, T_tcp_obj):
+                raise CandidateRejected(REJECT_PLANNER, f"{problem} "
+                                                        f"({_pairs(checker.contacts_at(q, width, attached, T_tcp_obj))})")
+            out.append(q)
+    return out
+
 class _KeyframePlanner:
     """Keyframe IK, straight lines, time parameterisation and tracking; subclasses plan the
     free-space moves (``_plan_free``)."""
@@ -259,8 +274,28 @@ class _KeyframePlanner:
             pb, qb = np.asarray(k.position, float), tf.normalize_quat(k.quaternion)
             what = f"{prev_name}->{k.name}"
             if np.linalg.norm(pb - positions[-1]) > 1e-4 or tf.quat_angle(quats[-1], qb) > 1e-3:
-                if self._is_line(positions[-1], quats[-1], pb, qb):
+                min_steps = 2
+                a, b = seed_kfs.get(prev_name), seed_kfs.get(k.name)
+                if (prev_name, k.name) == ("wipe_start", "wipe_end") and a is not None and b is not None \
+                        and hasattr(demo, "positions"):
+                    # the wipe is the task itself: the demo's strokes, moved with the board
+                    M = tf.pose_to_matrix(positions[-1], quats[-1]) @ tf.invert(a.matrix())
+                    qs = [q]
+                    pa_, qa_ = positions[-1], quats[-1]
+                    for j in range(a.index + 1, b.index + 1):
+                        pj, qj = tf.matrix_to_pose(M @ demo.matrix(j))
+                        if j == b.index:
+                            pj, qj = pb, qb
+                        qs.extend(self._line(env, checker, qs[-1], pa_, qa_, pj, qj, width, attached, T_tcp_obj,
+                                             what)[1:])
+                        pa_, qa_ = pj, qj
+                    min_steps = b.index - a.index
+                elif self._is_line(positions[-1], quats[-1], pb, qb):
                     qs = self._line(env, checker, q, positions[-1], quats[-1], pb, qb, width, attached, T_tcp_obj, what)
+                    # straight moves are the contact moves (descent onto the grasp, insertion): they
+                    # keep the seed demo's pace, as fast moves there jam a physical cell
+                    if a is not None and b is not None and b.index > a.index:
+                        min_steps = max(2, b.index - a.index)
                 else:
                     q_goal = self._ik(env, q, pb, qb, f"keyframe {k.name!r}")
                     if not checker.state_valid(q_goal, width, attached, T_tcp_obj):
@@ -271,11 +306,13 @@ class _KeyframePlanner:
                     n_free += 1
                 dense = [checker.tcp_pose_at(x) for x in qs]
                 dense[-1] = (pb, qb)                        # end exactly on the keyframe
-                P, Q = resample_tcp_path([d[0] for d in dense], [d[1] for d in dense], self.max_step, self.max_rot)
+                P, Q = resample_tcp_path([d[0] for d in dense], [d[1] for d in dense], self.max_step, self.max_rot,
+                                         min_steps=min_steps)
                 segments.append((what, len(positions) - 1))
                 positions.extend(P[1:])
                 quats.extend(Q[1:])
                 gripper.extend([g_cmd] * (len(P) - 1))
+
                 q = qs[-1]
             # the gripper at k
             new_cmd = float(k.gripper)
@@ -403,16 +440,7 @@ class OmplPlanner(_KeyframePlanner):
             states = [np.array(path.getState(i)[0:7]) for i in range(path.getStateCount())]
         finally:
             ou.setLogLevel(level)
-        # dense interpolation in joint space, every state checked
-        out = [np.asarray(q_a, float)]
-        for a, b in zip(states[:-1], states[1:]):
-            n = max(1, int(math.ceil(np.max(np.abs(b - a)) / DENSE_JOINT_STEP)))
-            for j in range(1, n + 1):
-                q = a + (b - a) * (j / n)
-                if not checker.state_valid(q, width, attached, T_tcp_obj):
-                    raise CandidateRejected(REJECT_PLANNER, f"{what}: simplified path is not valid "
-                                                            f"({_pairs(checker.contacts_at(q, width, attached, T_tcp_obj))})")
-                out.append(q)
+        out = densify_checked(q_a, states, checker, width, attached, T_tcp_obj, f"{what}: simplified path is not valid")
         out[-1] = np.asarray(q_b, float)
         return out
 
@@ -566,15 +594,7 @@ class MoveItPlanner(_KeyframePlanner):
             raise CandidateRejected(REJECT_PLANNER_TIMEOUT, f"{what}: no MoveIt answer within "
                                                             f"{self.time_limit + self.wait_s:g} s")
         traj = parse_motion_plan_response(fut.result(), self.msg.MoveItErrorCodes)
-        out = [np.asarray(q_a, float)]
-        for a, b in zip(traj[:-1], traj[1:]):
-            n = max(1, int(math.ceil(np.max(np.abs(b - a)) / DENSE_JOINT_STEP)))
-            for j in range(1, n + 1):
-                q = a + (b - a) * (j / n)
-                if not checker.state_valid(q, width, attached, T_tcp_obj):
-                    raise CandidateRejected(REJECT_PLANNER, f"{what}: MoveIt path collides in the twin "
-                                                            f"({_pairs(checker.contacts_at(q, width, attached, T_tcp_obj))})")
-                out.append(q)
+        out = densify_checked(q_a, traj, checker, width, attached, T_tcp_obj, f"{what}: MoveIt path collides in the twin")
         if np.max(np.abs(out[-1] - q_b)) > 0.01:
             raise CandidateRejected(REJECT_PLANNER, f"{what}: MoveIt path ends {np.max(np.abs(out[-1] - q_b)):.3f} rad "
                                                     f"from the keyframe configuration")
