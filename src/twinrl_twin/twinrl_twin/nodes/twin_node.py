@@ -268,9 +268,7 @@ def main(argv=None) -> int:
         if sim_mask is not None:
             sim_mask.close()
 
-    from rclpy.executors import MultiThreadedExecutor
-
-    return spin_until_shutdown(node, MultiThreadedExecutor(num_threads=3), on_shutdown=shutdown)
+    return spin_until_shutdown(node, on_shutdown=shutdown)
 
 
 def serve_generate_demonstrations(node, default_twin: str) -> None:
