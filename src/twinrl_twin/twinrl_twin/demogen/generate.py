@@ -18,7 +18,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from twinrl_bringup.config import load_config, resolve_config_path
+from twinrl_bringup.config import from_dict, load_config, resolve_config_path
 
 from .path import Candidate, Rejection
 
@@ -98,8 +98,7 @@ def _init_worker(twin: str, seed_demo: str, method: str, out: str, cfg: dict, re
     from .keyframes import extract_keyframes, load_seed_demo
     from .planning import make_planner
 
-    config = DemoGenConfig(**{**cfg, "planner": PlannerSettings(**{**cfg["planner"],
-                                                                    "moveit": MoveItSettings(**cfg["planner"]["moveit"])})})
+    config = from_dict(cfg, DemoGenConfig, "demogen")
     env = make_twin_env(twin, render=render, camera_overrides=camera_overrides)
     demo = load_seed_demo(seed_demo)
     if demo.task != env.task:
