@@ -136,3 +136,35 @@ def test_cli_train_sft_quick(data, tmp_path, ros_env):
 def test_untrained_policy_is_a_valid_baseline():
     policy = VisuomotorPolicy(tiny_model_config())
     assert action_error(policy, _held_out(16), TASK) > 0.1
+
+
+def test_idle_steps_are_waits_without_motion_or_gripper_change(tmp_path):
+    from twinrl_bringup.dataset import Dataset, DatasetWriter
+    from twinrl_policy.data import idle_steps
+
+    a = np.zeros((7, 7), np.float32)
+    a[:, 6] = [-1, -1, 1, 1, 1, -1, -1]
+    a[1, 2] = -0.03                          # a move
+    a[4, 0] = 1e-3                           # a small move is still a move
+    # step 0: waits with the gripper open (the assumed start); 2: the close command; 5: release
+    assert idle_steps(a).tolist() == [True, False, False, True, False, False, True]
+    assert not idle_steps(np.full((3, 7), 0.01)).any()
+
+    # the SFT pools leave exactly those steps out (images and proprio with them)
+    write_rule_dataset(tmp_path / "d", 2, 12, "demo", seed=5)
+    ds = Dataset(tmp_path / "d")
+    eps = [ds.load(i) for i in range(len(ds))]
+    for ep in eps:                           # turn some steps of each episode into waits
+        ep.actions[3:6, :6] = 0.0
+        ep.actions[2:6, 6] = ep.actions[2, 6]
+    DatasetWriter(tmp_path / "e").write_episode(eps[0])
+    DatasetWriter(tmp_path / "e").write_episode(eps[1])
+    cfg = tiny_model_config()
+    full, _, _ = load_demo_pools([tmp_path / "e"], TASK, cfg, progress=False)
+    kept, _, info = load_demo_pools([tmp_path / "e"], TASK, cfg, progress=False, skip_idle=True)
+    n_idle = sum(int(idle_steps(ep.actions).sum()) for ep in eps)
+    assert n_idle >= 6 and info["idle_steps_skipped"] == n_idle
+    assert len(kept) == len(full) - n_idle
+    keep0 = ~idle_steps(eps[0].actions)
+    assert np.array_equal(kept.proprio[:keep0.sum()], eps[0].observations["proprio"][:eps[0].length][keep0])
+    assert np.array_equal(kept.third_person[:keep0.sum()], eps[0].observations["third_person"][:eps[0].length][keep0])

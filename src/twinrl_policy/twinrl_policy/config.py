@@ -111,6 +111,7 @@ class SFTConfig:
     real_sources: list[str] = field(default_factory=lambda: ["real", "demo", "intervention"])
     twin_sources: list[str] = field(default_factory=lambda: ["twin"])
     success_only: bool = False         # train on successful episodes only
+    skip_idle_steps: bool = False      # leave out steps that only wait (no motion, gripper unchanged)
 
     def validate(self) -> None:
         if not 0.0 <= self.alpha <= 1.0 or not math.isfinite(self.alpha):

@@ -20,7 +20,7 @@ from twinrl_bringup.dataset import IMAGE_KEYS, Dataset, DatasetError
 
 from .config import ModelConfig
 
-__all__ = ["DemoPool", "load_demo_pools", "sample_indices"]
+__all__ = ["DemoPool", "idle_steps", "load_demo_pools", "sample_indices"]
 
 
 @dataclass
@@ -58,15 +58,16 @@ def _check_images(path, obs: dict, cfg: ModelConfig) -> None:
 
 def load_demo_pools(dirs: Sequence, task: str, cfg: ModelConfig, real_sources=("real", "demo", "intervention"),
                     twin_sources=("twin",), success_only: bool = False, progress: bool = True,
-                    ) -> tuple[DemoPool, DemoPool, dict]:
-    """Load every episode of ``task`` from the dataset directories into a real and a twin pool."""
+                    skip_idle: bool = False) -> tuple[DemoPool, DemoPool, dict]:
+    """Load every episode of ``task`` from the dataset directories into a real and a twin pool.
+    ``skip_idle`` leaves out the steps found by :func:`idle_steps`."""
     if not dirs:
         raise ValueError("no dataset directories given")
     cfg.task_index(task)  # the policy must know the task
     parts = {"real": {k: [] for k in ("third_person", "wrist", "proprio", "action")},
              "twin": {k: [] for k in ("third_person", "wrist", "proprio", "action")}}
     ids = {"real": [], "twin": []}
-    info = {"ignored_episodes": 0, "skipped_files": []}
+    info = {"ignored_episodes": 0, "skipped_files": [], "idle_steps_skipped": 0}
     selected = []
     for d in dirs:
         if not Path(d).is_dir():
@@ -85,9 +86,11 @@ def load_demo_pools(dirs: Sequence, task: str, cfg: ModelConfig, real_sources=("
         ep = ds.load(i)
         _check_images(path, ep.observations, cfg)
         T = ep.length
+        keep = ~idle_steps(ep.actions) if skip_idle else np.ones(T, bool)
+        info["idle_steps_skipped"] += int(T - keep.sum())
         for key in ("third_person", "wrist", "proprio"):
-            parts[pool][key].append(np.asarray(ep.observations[key][:T]))
-        parts[pool]["action"].append(np.asarray(ep.actions, np.float32))
+            parts[pool][key].append(np.asarray(ep.observations[key][:T])[keep])
+        parts[pool]["action"].append(np.asarray(ep.actions, np.float32)[keep])
         ids[pool].append(ep.episode_id)
     pools = []
     for name in ("real", "twin"):
@@ -103,6 +106,21 @@ def load_demo_pools(dirs: Sequence, task: str, cfg: ModelConfig, real_sources=("
     info["real_steps"], info["twin_steps"] = len(pools[0]), len(pools[1])
     info["real_episodes"], info["twin_episodes"] = len(ids["real"]), len(ids["twin"])
     return pools[0], pools[1], info
+
+
+def idle_steps(actions: np.ndarray, tol: float = 1e-6) -> np.ndarray:
+    """(T,) bool: steps whose action only waits: no translation or rotation and the gripper
+    command of the step before (the first step counts as following an open command, -1).
+
+    Demonstrators wait while the arm settles on a target it has not reached yet, or while the
+    gripper closes; the observation does not show the commanded target, so the same state is
+    followed by "wait" in one step and by "move" a step later. Trained on both, a policy
+    averages them into slow motion and stalls short of the grasp; without the waits, it
+    learns the moves (the next command after a wait is taken from the settled state)."""
+    a = np.asarray(actions, dtype=np.float64)
+    still = np.all(np.abs(a[:, :6]) <= tol, axis=1)
+    prev_grip = np.concatenate([[-1.0], a[:-1, 6]])
+    return still & (np.abs(a[:, 6] - prev_grip) <= tol)
 
 
 def sample_indices(n_real: int, n_twin: int, batch: int, alpha: float,

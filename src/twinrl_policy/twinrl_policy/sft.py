@@ -94,9 +94,12 @@ class SFTTrainer:
         model_cfg.task_index(task)
         if pools is None:
             real, twin, info = load_demo_pools(data_dirs, task, model_cfg, sft_cfg.real_sources,
-                                               sft_cfg.twin_sources, sft_cfg.success_only, progress)
+                                               sft_cfg.twin_sources, sft_cfg.success_only, progress,
+                                               skip_idle=sft_cfg.skip_idle_steps)
             for path, reason in info["skipped_files"]:
                 log(f"skipped {path}: {reason}")
+            if info["idle_steps_skipped"]:
+                log(f"left out {info['idle_steps_skipped']} idle steps (waits without motion; sft.skip_idle_steps)")
         else:
             real, twin = pools
         self.real, self.twin = real, twin
