@@ -20,41 +20,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from common import build_twin, record_seed
+
 TASKS = ["pick_and_place", "insert_hexagon", "insert_triple_column", "erase_whiteboard"]
-
-
-def build_twin(task: str, root: Path) -> Path:
-    from twinrl_twin.scan import load_groundtruth
-    from twinrl_twin.scan_sim import simulate_scan
-    from twinrl_twin.twin_assets import build_twin as build
-
-    out = root / f"twin_{task}"
-    if (out / "twin.json").exists():
-        return out
-    scan = root / f"scan_{task}"
-    if not scan.exists():
-        simulate_scan(task, scan, frames=8, seed=1, progress=False)
-    build(scan, out, task, load_groundtruth(scan).scan_to_base, "groundtruth", preview=False, overwrite=True)
-    return out
-
-
-def record_seed(task: str, root: Path, seed: int) -> Path:
-    from twinrl_bringup.dataset import Dataset, DatasetWriter
-    from twinrl_twin.sim import make_env
-    from twinrl_twin.sim.record import record_episode
-
-    out = root / f"seed_{task}_{seed}"
-    if not out.exists() or len(Dataset(out)) == 0:
-        env = make_env(task, render=True, seed=seed)
-        try:
-            for s in range(seed, seed + 20):          # the first successful expert episode
-                ep = record_episode(env, s, "id")
-                if ep.is_success:
-                    DatasetWriter(out).write_episode(ep)
-                    break
-        finally:
-            env.close()
-    return Dataset(out).path(0)
 
 
 def main() -> int:

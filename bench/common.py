@@ -1,0 +1,78 @@
+"""Shared set-up for the benchmarks that need a twin of a sim-world task or expert demos.
+
+``build_twin``: a twin of the task from a simulated scan of the sim world, aligned with the
+scan's ground truth (what a lab gets after scanning and aligning its cell). ``record_seed``:
+the first successful scripted-expert episode from ``seed`` on (the one "real" demo stage I
+starts from). ``record_demos``: N successful expert episodes of a region as a dataset.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+
+def camera_overrides(image_size: Optional[tuple[int, int]]) -> Optional[dict]:
+    """``(third_person, wrist)`` square sizes -> the sim/twin cameras' override keys."""
+    if not image_size:
+        return None
+    t, w = (int(v) for v in image_size)
+    return {"third_person.width": t, "third_person.height": t, "wrist.width": w, "wrist.height": w}
+
+
+def build_twin(task: str, root: Path) -> Path:
+    from twinrl_twin.scan import load_groundtruth
+    from twinrl_twin.scan_sim import simulate_scan
+    from twinrl_twin.twin_assets import build_twin as build
+
+    out = root / f"twin_{task}"
+    if (out / "twin.json").exists():
+        return out
+    scan = root / f"scan_{task}"
+    if not scan.exists():
+        simulate_scan(task, scan, frames=8, seed=1, progress=False)
+    build(scan, out, task, load_groundtruth(scan).scan_to_base, "groundtruth", preview=False, overwrite=True)
+    return out
+
+
+def record_demos(task: str, out: Path, n: int, region: str = "id", seed: int = 0,
+                 image_size: Optional[tuple[int, int]] = None, progress: bool = False,
+                 max_tries: Optional[int] = None) -> Path:
+    """``n`` successful scripted-expert episodes (seeds ``seed``, ``seed + 1``, ...) into ``out``;
+    an existing dataset there with ``n`` episodes is reused."""
+    from tqdm import tqdm
+
+    from twinrl_bringup.dataset import Dataset, DatasetWriter
+    from twinrl_twin.sim import make_env
+    from twinrl_twin.sim.record import record_episode
+
+    out = Path(out)
+    if out.exists() and len(Dataset(out)) >= n:
+        return out
+    env = make_env(task, render=True, seed=seed, camera_overrides=camera_overrides(image_size))
+    writer = DatasetWriter(out)
+    have = len(Dataset(out)) if out.exists() else 0
+    tries = max_tries or 3 * n
+    try:
+        bar = tqdm(total=n, initial=have, desc=f"expert demos {task} ({region})", unit="ep", disable=not progress)
+        s = seed + have
+        while have < n and s < seed + tries:
+            ep = record_episode(env, s, region)
+            s += 1
+            if ep.is_success:
+                writer.write_episode(ep)
+                have += 1
+                bar.update(1)
+        bar.close()
+    finally:
+        env.close()
+    if have < n:
+        raise RuntimeError(f"the {task} expert succeeded in only {have} of {tries} episodes")
+    return out
+
+
+def record_seed(task: str, root: Path, seed: int, image_size: Optional[tuple[int, int]] = None) -> Path:
+    from twinrl_bringup.dataset import Dataset
+
+    suffix = "" if not image_size else f"_{image_size[0]}x{image_size[1]}"
+    out = record_demos(task, root / f"seed_{task}_{seed}{suffix}", 1, "id", seed, image_size, max_tries=20)
+    return Dataset(out).path(0)

@@ -1,0 +1,224 @@
+#!/usr/bin/env python3
+"""The paper's Table I in the sim world: SFT on real demos alone vs real + twin demos.
+
+For one task: record ``--real`` scripted-expert episodes from the ID region of the sim world
+(the "real" demos), build a twin of the task from a simulated scan, generate twin demos from
+one of the real demos (stage I, ``--method``) over ID and OOD cells, then train one SFT policy
+per data mix and evaluate each over the whole grid in the sim world. Mixes (paper Table I):
+real only, +30 ID/+30 OOD, +60 ID/+30 OOD, +30 ID/+60 OOD twin demos (``--mixes`` changes
+them). Prints ID, OOD and average success rates with deltas against real-only, and writes
+``table1_<task>.json``, ``table1_<task>.png`` (SR per mix) and one heatmap per mix to --out.
+
+    python bench/table1.py --task pick_and_place [--real 30] [--steps 3000] [--batch 64]
+        [--rollouts-per-cell 2] [--image-size 128,64] [--mixes 0/0 30/30 60/30 30/60]
+        [--method affine] [--workers 2] [--root DIR] [--out DIR] [--json]
+
+Everything (demos, twin, checkpoints) is kept under --root (default: a directory under the
+system temp dir named after the task), so a second run reuses what is there: the same
+demos and twin, and checkpoints whose training finished (an interrupted training resumes).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import build_twin, camera_overrides, record_demos
+
+TASKS = ["pick_and_place", "insert_hexagon", "insert_triple_column", "erase_whiteboard"]
+
+
+def parse_mix(text: str) -> tuple[int, int]:
+    try:
+        a, b = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a mix is ID/OOD twin demo counts like 30/60, got {text!r}") from None
+    if a < 0 or b < 0:
+        raise argparse.ArgumentTypeError(f"twin demo counts must be >= 0, got {text!r}")
+    return a, b
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        t, w = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--image-size is THIRD,WRIST like 128,64, got {text!r}") from None
+    return t, w
+
+
+def subset(src: Path, dst: Path, episodes: list) -> Path:
+    """A dataset directory holding the given episode files of ``src`` (hard links when possible)."""
+    from twinrl_bringup.dataset import Dataset
+
+    if dst.exists():
+        shutil.rmtree(dst)
+    dst.mkdir(parents=True)
+    for p in episodes:
+        try:
+            (dst / p.name).hardlink_to(p)
+        except OSError:
+            shutil.copy2(p, dst / p.name)
+    Dataset(dst)            # builds the manifest, checks the files
+    return dst
+
+
+def twin_pools(twin_dir: Path) -> dict[str, list]:
+    """Successful twin episodes of ``twin_dir`` by region, in generation order."""
+    from twinrl_bringup.dataset import Dataset
+
+    d = Dataset(twin_dir)
+    out = {"id": [], "ood": []}
+    for i, entry in enumerate(d.entries):
+        if entry.get("success") and entry.get("region") in out:
+            out[entry["region"]].append(d.path(i))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", required=True, choices=TASKS)
+    ap.add_argument("--real", type=int, default=30, help="real (sim-world expert) ID demos")
+    ap.add_argument("--mixes", nargs="+", type=parse_mix, default=[(0, 0), (30, 30), (60, 30), (30, 60)],
+                    help="twin demos per mix as ID/OOD (0/0 is real only)")
+    ap.add_argument("--method", choices=["affine", "plan"], default="affine", help="stage I method")
+    ap.add_argument("--steps", type=int, default=3000, help="SFT steps per mix")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--alpha", type=float, default=None, help="P(real) per sample (default: config sft.alpha)")
+    ap.add_argument("--image-size", type=parse_size, default=(128, 128 // 2),
+                    help="third-person,wrist square image sizes of demos and policy")
+    ap.add_argument("--rollouts-per-cell", type=int, default=2)
+    ap.add_argument("--time-limit", type=int, default=None, help="evaluation steps per episode")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--root", type=Path, default=None, help="work directory (kept; reused by a second run)")
+    ap.add_argument("--out", type=Path, default=None, help="results directory (default: ROOT/results)")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    from twinrl_policy.config import load_model_config, load_sft_config
+    from twinrl_policy.evaluation import evaluate_grid, write_heatmap
+    from twinrl_policy.sft import SFTTrainer
+    from twinrl_twin.demogen.generate import generate
+
+    progress = sys.stderr.isatty()
+    root = args.root or Path(tempfile.gettempdir()) / f"twinrl-table1-{args.task}"
+    root.mkdir(parents=True, exist_ok=True)
+    out = args.out or root / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    size = args.image_size
+    tag = f"{size[0]}x{size[1]}"
+    t_start = time.monotonic()
+
+    # 1. "real" demos: scripted expert in the sim world, ID region
+    real = record_demos(args.task, root / f"real_{args.real}_{tag}_s{args.seed}", args.real, "id",
+                        seed=10_000 + args.seed, image_size=size, progress=progress)
+    from twinrl_bringup.dataset import Dataset
+    seed_demo = Dataset(real).path(0)
+
+    # 2. twin demos from one real demo, enough for the largest mix
+    n_id = max(m[0] for m in args.mixes)
+    n_ood = max(m[1] for m in args.mixes)
+    twin_info = None
+    pools = {"id": [], "ood": []}
+    if n_id or n_ood:
+        twin = build_twin(args.task, root)
+        twin_dir = root / f"twin_demos_{args.method}_{tag}_s{args.seed}"
+        pools = twin_pools(twin_dir) if twin_dir.exists() else pools
+        if len(pools["id"]) < n_id or len(pools["ood"]) < n_ood:
+            if twin_dir.exists():
+                shutil.rmtree(twin_dir)
+            twin_info = generate(twin, seed_demo, twin_dir, n_id, n_ood, method=args.method,
+                                 workers=args.workers, seed=args.seed, camera_overrides=camera_overrides(size),
+                                 progress=progress)
+            pools = twin_pools(twin_dir)
+            print(f"twin demos: {twin_info['generated']}/{twin_info['requested']} generated, "
+                  f"{twin_info['demos_per_minute']:.0f}/min, rejections {twin_info['rejections']}", flush=True)
+
+    # 3. one SFT policy per mix, 4. grid evaluation in the sim world
+    model_over = [f"third_person_size=[{size[0]},{size[0]}]", f"wrist_size=[{size[1]},{size[1]}]"]
+    sft_over = [f"steps={args.steps}", f"batch_size={args.batch}", f"seed={args.seed}"]
+    if args.alpha is not None:
+        sft_over.append(f"alpha={args.alpha}")
+    rows = []
+    for mid, mood in args.mixes:
+        name = "real only" if (mid, mood) == (0, 0) else f"+{mid} ID / +{mood} OOD twin"
+        if len(pools["id"]) < mid or len(pools["ood"]) < mood:
+            print(f"{name}: skipped, only {len(pools['id'])} ID / {len(pools['ood'])} OOD twin demos were kept",
+                  flush=True)
+            continue
+        data = [real]
+        if mid or mood:
+            data.append(subset(pools["id"][0].parent, root / f"mix_{mid}_{mood}_{tag}",
+                               pools["id"][:mid] + pools["ood"][:mood]))
+        ckpt = root / f"sft_{mid}_{mood}_{tag}_{args.steps}_s{args.seed}.ckpt"
+        t0 = time.monotonic()
+        if not ckpt.exists():
+            trainer = SFTTrainer(args.task, data, ckpt, load_model_config(None, model_over),
+                                 load_sft_config(None, sft_over), progress=progress,
+                                 log=lambda s: print(s, file=sys.stderr))
+            res = trainer.train()
+            train_s, sps = time.monotonic() - t0, res.samples_per_second
+        else:
+            train_s, sps = float("nan"), float("nan")
+        t1 = time.monotonic()
+        res = evaluate_grid(ckpt, args.task, args.rollouts_per_cell, world="sim", workers=args.workers,
+                            seed=args.seed, time_limit=args.time_limit, progress=progress)
+        stem = f"table1_{args.task}_{mid}_{mood}"
+        (out / f"{stem}.json").write_text(res.to_json())
+        write_heatmap(res, out / f"{stem}.png")
+        row = {"mix": name, "twin_id": mid, "twin_ood": mood, "id_sr": res.id_success_rate,
+               "ood_sr": res.ood_success_rate, "avg_sr": res.average_success_rate,
+               "episodes": len(res.episodes), "train_s": train_s, "samples_per_s": sps,
+               "eval_s": time.monotonic() - t1, "checkpoint": str(ckpt)}
+        rows.append(row)
+        print(f"{name:<26} ID {row['id_sr']:.2f}  OOD {row['ood_sr']:.2f}  avg {row['avg_sr']:.2f}  "
+              f"(train {train_s:.0f} s, eval {row['eval_s']:.0f} s)", flush=True)
+
+    base = next((r for r in rows if (r["twin_id"], r["twin_ood"]) == (0, 0)), None)
+    print(f"\nTable I, {args.task}, sim world: {args.real} real ID demos, {args.steps} SFT steps of "
+          f"{args.batch}, images {tag}, {args.rollouts_per_cell} rollouts per cell")
+    print(f"{'data':<26} {'ID SR':>14} {'OOD SR':>14} {'avg SR':>14}")
+    for r in rows:
+        cells = []
+        for k in ("id_sr", "ood_sr", "avg_sr"):
+            d = "" if base is None or r is base else f" ({(r[k] - base[k]) * 100:+.0f})"
+            cells.append(f"{r[k] * 100:5.1f}{d}")
+        print(f"{r['mix']:<26} {cells[0]:>14} {cells[1]:>14} {cells[2]:>14}")
+    print(f"total {time.monotonic() - t_start:.0f} s")
+    summary = {"task": args.task, "real": args.real, "steps": args.steps, "batch": args.batch,
+               "image_size": list(size), "rollouts_per_cell": args.rollouts_per_cell, "method": args.method,
+               "rows": rows, "twin_generation": twin_info}
+    (out / f"table1_{args.task}.json").write_text(json.dumps(summary, indent=1, default=str))
+    if rows:
+        plot(rows, args.task, out / f"table1_{args.task}.png")
+    if args.json:
+        print(json.dumps(summary, default=str))
+    return 0
+
+
+def plot(rows, task, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(rows), 3.6))
+    for i, (k, label) in enumerate((("id_sr", "ID"), ("ood_sr", "OOD"), ("avg_sr", "average"))):
+        ax.bar(x + (i - 1) * 0.27, [100 * r[k] for r in rows], 0.27, label=label)
+    ax.set_xticks(x, [r["mix"].replace(" twin", "").replace(" / ", "\n") for r in rows])
+    ax.set_ylabel("success rate (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"SFT, real vs real + twin demos: {task} (sim world)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
