@@ -28,7 +28,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from twinrl_bringup.config import load_config, resolve_config_path
-from twinrl_bringup.transforms import quat_multiply, rotvec_to_quat
+from twinrl_bringup.transforms import normalize_quat, quat_multiply, rotvec_to_quat
 
 __all__ = [
     "WorkspaceBox",
@@ -262,3 +262,27 @@ class SafetyEnvelope:
             return True
         return bool(np.linalg.norm(f[:3]) > self.cfg.force_threshold)
 
+
+def commanded_path(p0, q0, actions, envelope: Optional[SafetyEnvelope] = None,
+                   where: str = "actions") -> tuple[np.ndarray, np.ndarray]:
+    """The targets the robot side made of delta ``actions`` (T, 7) from the start pose (p0, q0):
+    each action through the safety envelope (an action it rejects leaves the target where it
+    was). Returns positions (T+1, 3) and quaternions (T+1, 4), sign-continuous. Actions are
+    relative to the previous target, so this is the arm's commanded path, which the measured
+    path follows with a lag."""
+    envelope = envelope or SafetyEnvelope(load_safety_config())
+    actions = np.asarray(actions, dtype=float)
+    if not np.all(np.isfinite(actions)):
+        raise ValueError(f"{where}: non-finite values")
+    P = [np.asarray(p0, dtype=float).reshape(3)]
+    Q = [normalize_quat(np.asarray(q0, dtype=float).reshape(4))]
+    for a in actions:
+        res = envelope.apply(a, P[-1], Q[-1])
+        if res.accepted:
+            q = normalize_quat(res.quaternion)
+            P.append(np.asarray(res.position, dtype=float))
+            Q.append(-q if np.dot(q, Q[-1]) < 0 else q)
+        else:
+            P.append(P[-1].copy())
+            Q.append(Q[-1].copy())
+    return np.stack(P), np.stack(Q)

@@ -33,6 +33,7 @@ from typing import Optional
 import numpy as np
 
 from twinrl_bringup import transforms as tf
+from twinrl_bringup.safety import commanded_path
 
 from .path import REJECT_UNREACHABLE, CandidateRejected, Keyframe
 
@@ -121,32 +122,10 @@ def load_seed_demo(path_or_episode) -> SeedDemo:
     for k in range(1, len(quats)):               # continuous sign, for clean slerps
         if np.dot(quats[k], quats[k - 1]) < 0:
             quats[k] = -quats[k]
-    positions, quats = commanded_path(proprio[0, 14:17], quats[0], np.asarray(ep.actions, dtype=float), where)
+    positions, quats = commanded_path(proprio[0, 14:17], quats[0], np.asarray(ep.actions, dtype=float), where=where)
     return SeedDemo(task=ep.task, positions=positions, quaternions=quats, gripper=gripper,
                     object_pose=poses["object_pose"], target_pose=poses["target_pose"], episode_id=str(eid),
                     configuration=dict(cfg))
-
-
-def commanded_path(p0, q0, actions: np.ndarray, where: str = "seed demo") -> tuple[np.ndarray, np.ndarray]:
-    """The targets the robot side made of ``actions`` from the start pose (p0, q0): each action
-    through the safety envelope (an action it rejects leaves the target where it was)."""
-    from twinrl_bringup.safety import SafetyEnvelope, load_safety_config
-
-    envelope = SafetyEnvelope(load_safety_config())
-    if not np.all(np.isfinite(actions)):
-        raise ValueError(f"{where}: actions: non-finite values")
-    P = [np.asarray(p0, dtype=float)]
-    Q = [tf.normalize_quat(q0)]
-    for a in actions:
-        res = envelope.apply(a, P[-1], Q[-1])
-        if res.accepted:
-            q = tf.normalize_quat(res.quaternion)
-            P.append(np.asarray(res.position, dtype=float))
-            Q.append(-q if np.dot(q, Q[-1]) < 0 else q)      # continuous sign, for clean slerps
-        else:
-            P.append(P[-1].copy())
-            Q.append(Q[-1].copy())
-    return np.stack(P), np.stack(Q)
 
 
 # ----------------------------------------------------------------------------- extraction
