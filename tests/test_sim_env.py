@@ -143,3 +143,29 @@ def test_task_configs_load_and_errors_name_the_key():
         load_task_config("erase_whiteboard", ["pattern=['#.', '#']"])
     with pytest.raises(ValueError, match="unknown task"):
         load_task_config("juggle")
+
+
+def test_command_observation_matches_the_commanded_path_rebuilt_from_actions(env):
+    """obs["command"] (target - TCP, rotation to the target, gripper command) is what training
+    rebuilds from a recorded episode's proprioception and actions (twinrl_bringup.dataset)."""
+    from twinrl_bringup.dataset import COMMAND_DIM, episode_commands
+
+    obs, info = env.reset(seed=21, options={"region": "id"})
+    assert obs["command"].shape == (COMMAND_DIM,) and np.allclose(obs["command"][:6], 0, atol=1e-6)
+    assert obs["command"][6] == -1.0
+    expert = env.expert()
+    P, C, A = [obs["proprio"]], [obs["command"]], []
+    for _ in range(40):
+        a = expert.act(obs, info)
+        obs, _, term, trunc, info = env.step(a)
+        A.append(a)
+        P.append(obs["proprio"])
+        C.append(obs["command"])
+        if term or trunc:
+            break
+    C = np.array(C)
+    assert np.abs(C[:, 2]).max() > 0.02       # the arm lags its target by centimetres while moving
+    assert C[:, 6].max() == 1.0               # the grasp's close command
+    np.testing.assert_allclose(episode_commands(np.array(P), np.array(A)), C, atol=1e-6)
+    with pytest.raises(ValueError, match="proprio: expected"):
+        episode_commands(np.array(P)[:-1], np.array(A))

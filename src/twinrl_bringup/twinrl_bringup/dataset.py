@@ -65,6 +65,44 @@ class DatasetError(ValueError):
         super().__init__(f"{self.path}: {problem}")
 
 
+# The commanded target as the policy sees it: delta actions are relative to the robot side's
+# current *target*, which the measured TCP follows with a lag; without this the same observed
+# state is followed by "wait" (target already ahead) in one demo and "move" in another.
+COMMAND_LAYOUT = ["target_dx", "target_dy", "target_dz", "target_rx", "target_ry", "target_rz", "gripper_command"]
+COMMAND_DIM = len(COMMAND_LAYOUT)
+
+
+def command_vector(tcp_position, tcp_quaternion, target_position, target_quaternion,
+                   gripper_command) -> np.ndarray:
+    """(7,) float32 in :data:`COMMAND_LAYOUT` order: target minus TCP position (m, base frame),
+    rotation vector from the TCP to the target orientation (rad, base frame), and the gripper
+    command in force ([-1, 1], +1 = close)."""
+    from twinrl_bringup.transforms import rotation_between
+
+    dp = np.asarray(target_position, dtype=np.float64).reshape(3) - np.asarray(tcp_position, dtype=np.float64).reshape(3)
+    rv = rotation_between(np.asarray(tcp_quaternion, dtype=np.float64).reshape(4),
+                          np.asarray(target_quaternion, dtype=np.float64).reshape(4))
+    return np.concatenate([dp, rv, [float(gripper_command)]]).astype(np.float32)
+
+
+def episode_commands(proprio, actions, initial_gripper: float = -1.0, where: str = "episode") -> np.ndarray:
+    """(T+1, 7) command vectors of an episode, rebuilt from its proprioception (T+1, 22) and
+    actions (T, 7): the targets are the commanded path from the measured start pose (episodes
+    start at rest, target = TCP), the gripper command the last action's (``initial_gripper``
+    before the first)."""
+    from twinrl_bringup.safety import commanded_path
+
+    proprio = np.asarray(proprio, dtype=np.float64)
+    actions = np.asarray(actions, dtype=np.float64)
+    T = len(actions)
+    if proprio.ndim != 2 or proprio.shape[0] != T + 1 or proprio.shape[1] != PROPRIO_DIM:
+        raise ValueError(f"{where}: proprio: expected ({T + 1}, {PROPRIO_DIM}), got {proprio.shape}")
+    P, Q = commanded_path(proprio[0, 14:17], proprio[0, 17:21], actions, where=f"{where}: actions")
+    grip = np.concatenate([[float(initial_gripper)], np.clip(actions[:, 6], -1.0, 1.0)])
+    return np.stack([command_vector(proprio[k, 14:17], proprio[k, 17:21], P[k], Q[k], grip[k])
+                     for k in range(T + 1)])
+
+
 def proprio_vector(joint_positions, joint_velocities, tcp_position, tcp_quaternion,
                    gripper_width) -> np.ndarray:
     """The (22,) float32 proprioception vector in :data:`PROPRIO_LAYOUT` order."""

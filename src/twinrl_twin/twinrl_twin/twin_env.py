@@ -38,6 +38,7 @@ import mujoco  # noqa: E402
 
 from twinrl_bringup import transforms as tf  # noqa: E402
 from twinrl_bringup.config import load_config, resolve_config_path  # noqa: E402
+from twinrl_bringup.dataset import command_vector  # noqa: E402
 from twinrl_bringup.safety import SafetyEnvelope, SafetyResult, load_safety_config  # noqa: E402
 
 from .sim import fr3_model  # noqa: E402
@@ -442,6 +443,8 @@ class TwinEnv:
             "joint_positions": jp,
             "joint_velocities": jv,
             "gripper_width": width,
+            # the commanded target relative to the TCP (twinrl_bringup.dataset.COMMAND_LAYOUT)
+            "command": command_vector(p, q, self._target_pos, self._target_quat, self._gripper),
         }
         if self.renderer is not None:
             obs.update(self.render_cameras())

@@ -25,6 +25,7 @@ import mujoco  # noqa: E402
 from twinrl_bringup import transforms as tf  # noqa: E402
 from twinrl_bringup.bridge.backend import RobotState  # noqa: E402
 from twinrl_bringup.config import apply_overrides, from_dict, load_yaml, resolve_config_path, to_dict  # noqa: E402
+from twinrl_bringup.dataset import command_vector  # noqa: E402
 from twinrl_bringup.safety import SafetyEnvelope, SafetyResult, load_safety_config  # noqa: E402
 
 from . import fr3_model  # noqa: E402
@@ -366,6 +367,8 @@ class SimEnv:
             "joint_positions": jp,
             "joint_velocities": jv,
             "gripper_width": width,
+            # the commanded target relative to the TCP (twinrl_bringup.dataset.COMMAND_LAYOUT)
+            "command": command_vector(p, q, self._target_pos, self._target_quat, self._gripper),
         }
         if self.rig is not None:
             for name, (img, _, _) in self.rig.render(d).items():
