@@ -6,7 +6,8 @@ true latches, false releases); serves ``/twinrl/fr3_bridge/reset`` (ResetEpisode
 Publishes ``/joint_states`` (unless the robot driver does), ``/twinrl/tcp_pose``,
 ``/twinrl/fr3_bridge/status`` (BridgeStatus), ``/diagnostics``,
 ``/twinrl/fr3_bridge/applied_action`` (the delta actually executed, with the intervention
-flag), the backend's camera images and ``/twinrl/task_status`` / ``/twinrl/sim/object_pose``
+flag), ``/twinrl/fr3_bridge/commanded_target`` (CommandedTarget: the target actions apply to,
+each loop tick and after each applied action), the backend's camera images and ``/twinrl/task_status`` / ``/twinrl/sim/object_pose``
 where the backend detects them.
 """
 from __future__ import annotations
@@ -37,7 +38,7 @@ def main(argv=None) -> int:
     from geometry_msgs.msg import PoseStamped
     from sensor_msgs.msg import CameraInfo, Image, JointState
     from std_msgs.msg import Bool
-    from twinrl_msgs.msg import Action, BridgeStatus, TaskStatus
+    from twinrl_msgs.msg import Action, BridgeStatus, CommandedTarget, TaskStatus
     from twinrl_msgs.srv import ResetEpisode, SetControlMode
 
     from twinrl_bringup.bridge import core as bc
@@ -101,6 +102,17 @@ def main(argv=None) -> int:
     pub_status = node.create_publisher(BridgeStatus, "/twinrl/fr3_bridge/status", 10)
     pub_diag = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
     pub_applied = node.create_publisher(Action, "/twinrl/fr3_bridge/applied_action", 10)
+    pub_target = node.create_publisher(CommandedTarget, "/twinrl/fr3_bridge/commanded_target", 10)
+
+    def publish_target(target, stamp=None):
+        if target is None:
+            return
+        m = CommandedTarget()
+        m.header.stamp = stamp or node.get_clock().now().to_msg()
+        m.header.frame_id = base_frame
+        fill_pose(m.pose, target.position, target.quaternion)
+        m.gripper = float(target.gripper)
+        pub_target.publish(m)
     pub_task = node.create_publisher(TaskStatus, "/twinrl/task_status", 10)
     pub_obj = node.create_publisher(PoseStamped, "/twinrl/sim/object_pose", 10)
     cam_pubs: dict = {}
@@ -124,6 +136,8 @@ def main(argv=None) -> int:
             out.policy_version = msg.policy_version
             out.step = msg.step
             pub_applied.publish(out)
+        if d.accepted:
+            publish_target(d.target)
 
     node.create_subscription(Action, "/twinrl/action", on_action, 100)
     node.create_subscription(Bool, "/twinrl/estop", lambda m: log.warning(bridge.set_estop(bool(m.data))), 10)
@@ -186,6 +200,7 @@ def main(argv=None) -> int:
         tcp.header.frame_id = base_frame
         fill_pose(tcp.pose, state.tcp_position, state.tcp_quaternion)
         pub_tcp.publish(tcp)
+        publish_target(bridge.target, stamp)
 
     # The control loop (watchdog, force check, backend tick) runs in a thread of its own on
     # absolute deadlines, so it never waits behind executor callbacks.
