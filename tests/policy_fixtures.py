@@ -18,7 +18,8 @@ TP, WR = (32, 32), (16, 16)
 def tiny_model_config(**kw) -> ModelConfig:
     base = dict(third_person_size=TP, wrist_size=WR,
                 third_person_convs=[(8, 3, 2), (16, 3, 2)], wrist_convs=[(8, 3, 2), (16, 3, 1)],
-                image_feature_dim=16, proprio_hidden=16, task_embedding_dim=4, trunk_hidden=[64, 64])
+                image_feature_dim=16, proprio_hidden=16, task_embedding_dim=4, trunk_hidden=[64, 64],
+                command_input=False)     # the rule below does not use it; tests of the input set it
     base.update(kw)
     return ModelConfig(**base)
 

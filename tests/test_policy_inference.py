@@ -147,3 +147,23 @@ def test_reload_rules_keep_the_old_weights_on_failure(tmp_path):
     with pytest.raises(ReloadError, match="cannot read"):
         r.reload(tmp_path / "missing.ckpt", 5, "ab" * 32)
     assert r.version == 2 and np.allclose(r.act(*_obs()).action, a2)
+
+
+def test_runner_takes_the_commanded_target_when_the_policy_needs_it(tmp_path):
+    path = tmp_path / "cmd.ckpt"
+    save_checkpoint(path, VisuomotorPolicy(tiny_model_config(tasks=["pick_and_place"], command_input=True)))
+    runner = PolicyRunner(path)
+    assert runner.needs_command
+    tp, wr = np.zeros((32, 32, 3), np.uint8), np.zeros((16, 16, 3), np.uint8)
+    proprio = np.zeros(22, np.float32)
+    proprio[17:21] = [1, 0, 0, 0]
+    a = runner.act(tp, wr, proprio, command=[0.02, 0, -0.01, 0, 0, 0, -1]).action
+    assert a.shape == (7,) and np.all(np.isfinite(a))
+    with pytest.raises(ObservationError, match="command: this policy takes the commanded target"):
+        runner.act(tp, wr, proprio)
+    with pytest.raises(ObservationError, match=r"command: non-finite values at \[2\]"):
+        runner.act(tp, wr, proprio, command=[0, 0, np.nan, 0, 0, 0, 1])
+    with pytest.raises(ObservationError, match="command: expected 7 values, got 3"):
+        runner.act(tp, wr, proprio, command=[0, 0, 0])
+    save_checkpoint(tmp_path / "plain.ckpt", VisuomotorPolicy(tiny_model_config(tasks=["pick_and_place"])))
+    assert not PolicyRunner(tmp_path / "plain.ckpt").needs_command

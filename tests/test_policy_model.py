@@ -22,7 +22,8 @@ def _batch(policy, n=3, seed=0):
     return {"third_person": images_to_tensor(g.integers(0, 255, (n, *cfg.third_person_size, 3), dtype=np.uint8)),
             "wrist": images_to_tensor(g.integers(0, 255, (n, *cfg.wrist_size, 3), dtype=np.uint8)),
             "proprio": torch.as_tensor(g.normal(size=(n, 22)), dtype=torch.float32),
-            "task": policy.task_ids("insert_hexagon", n)}
+            "task": policy.task_ids("insert_hexagon", n),
+            "command": torch.as_tensor(g.normal(0, 0.02, size=(n, 7)), dtype=torch.float32)}
 
 
 def test_tanh_gaussian_log_prob_matches_torch_transformed_distribution():
@@ -151,3 +152,27 @@ def test_augmentations_keep_shape_and_range_and_actually_change_images():
     z = color_jitter(x, 0.3, 0.3, 0.3, g)
     assert z.shape == x.shape and float(z.min()) >= 0 and float(z.max()) <= 1 and not torch.allclose(z, x)
     assert math.isclose(float(random_shift(x, 0).sum()), float(x.sum()))
+
+
+def test_command_input_is_required_checked_and_used():
+    """model.command_input (the default): the commanded target relative to the TCP is an input."""
+    from twinrl_policy.config import load_model_config
+
+    assert load_model_config().command_input is True
+    torch.manual_seed(0)
+    policy = VisuomotorPolicy(tiny_model_config(command_input=True))
+    policy.eval()
+    b = _batch(policy, n=4)
+    a = policy.mode(b)
+    b2 = dict(b, command=b["command"] + torch.tensor([0.03, 0, 0, 0, 0, 0, 0]))
+    assert not torch.allclose(policy.mode(b2), a)          # the input reaches the action
+    lp = policy.log_prob(b, a)
+    assert lp.shape == (4,) and torch.isfinite(lp).all()
+    with pytest.raises(ValueError, match="the batch has no 'command'"):
+        policy.mode({k: v for k, v in b.items() if k != "command"})
+    with pytest.raises(ValueError, match=r"command: expected \(B, 7\), got \(4, 6\)"):
+        policy.mode(dict(b, command=b["command"][:, :6]))
+    # without the option the same batch works and the command is ignored
+    plain = VisuomotorPolicy(tiny_model_config(command_input=False))
+    plain.eval()
+    assert torch.allclose(plain.mode(b), plain.mode(b2))

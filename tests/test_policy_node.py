@@ -137,6 +137,43 @@ def test_policy_node_end_to_end(spawn_node, rclpy_context, tmp_path):
     spin_until(ex, lambda: False, timeout=1.5)
     assert len(actions) == n2, "actions published from a bad observation"
     assert proc.output().count("wrist: image is 20x20") <= 5  # rate-limited
+
+    # 5. a policy that takes the commanded target: no action until the bridge's target arrives,
+    #    then actions from (observation, target - TCP, gripper command)
+    from twinrl_bringup.dataset import command_vector
+    from twinrl_msgs.msg import CommandedTarget
+
+    wrist_img["img"] = wr
+    torch.manual_seed(4)
+    save_checkpoint(tmp_path / "v4.ckpt", VisuomotorPolicy(
+        tiny_model_config(tasks=["pick_and_place"], command_input=True)), version=4)
+    target_p, target_q, grip = [0.52, 0.01, 0.27], [1.0, 0.0, 0.0, 0.0], 1.0
+    cmd = command_vector(tcp_p, tcp_q, target_p, target_q, grip)
+    expected4 = PolicyRunner(tmp_path / "v4.ckpt").act(tp, wr, proprio, command=cmd).action
+    assert not np.allclose(expected4, PolicyRunner(tmp_path / "v4.ckpt").act(
+        tp, wr, proprio, command=np.zeros(7)).action, atol=1e-5)      # the input matters
+    pubs["ver"].publish(PolicyVersion(version=4, uri=str(tmp_path / "v4.ckpt"),
+                                      sha256=file_sha256(tmp_path / "v4.ckpt"), task="pick_and_place"))
+    assert spin_until(ex, lambda: "no commanded target on /twinrl/fr3_bridge/commanded_target"
+                      in proc.output(), timeout=10), proc.output()
+    n3 = len(actions)
+    spin_until(ex, lambda: False, timeout=1.0)
+    assert len(actions) == n3, "a command-input policy acted without the commanded target"
+    pub_target = node.create_publisher(CommandedTarget, "/twinrl/fr3_bridge/commanded_target", 10)
+
+    def publish_target():
+        m = CommandedTarget()
+        m.header.frame_id = "fr3_link0"
+        m.pose.position.x, m.pose.position.y, m.pose.position.z = target_p
+        (m.pose.orientation.x, m.pose.orientation.y, m.pose.orientation.z,
+         m.pose.orientation.w) = target_q
+        m.gripper = grip
+        pub_target.publish(m)
+
+    node.create_timer(0.05, publish_target)
+    assert spin_until(ex, lambda: len(actions) > n3 + 2, timeout=10), proc.output()[-3000:]
+    assert all(m.policy_version == "4" for _, m in actions[n3:])
+    assert np.allclose(vec(actions[-1][1]), expected4, atol=1e-5)
     assert proc.poll() is None, proc.output()[-3000:]
     ex.shutdown()
     node.destroy_node()

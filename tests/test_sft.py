@@ -168,3 +168,19 @@ def test_idle_steps_are_waits_without_motion_or_gripper_change(tmp_path):
     keep0 = ~idle_steps(eps[0].actions)
     assert np.array_equal(kept.proprio[:keep0.sum()], eps[0].observations["proprio"][:eps[0].length][keep0])
     assert np.array_equal(kept.third_person[:keep0.sum()], eps[0].observations["third_person"][:eps[0].length][keep0])
+
+
+def test_pools_carry_the_commanded_target_rebuilt_from_each_episode(data):
+    from twinrl_bringup.dataset import Dataset, episode_commands
+
+    real, _, _ = load_demo_pools(data[:1], TASK, tiny_model_config(), progress=False)
+    ds = Dataset(data[0])
+    want = []
+    for i in range(len(ds)):
+        ep = ds.load(i)
+        want.append(episode_commands(ep.observations["proprio"], ep.actions)[:ep.length])
+    want = np.concatenate(want)
+    assert real.command.shape == (len(real), 7)
+    np.testing.assert_allclose(real.command, want, atol=1e-6)
+    assert np.abs(real.command[:, :3]).max() > 0      # not all zero: the rule data moves
+    assert set(real.batch(np.arange(3))) == {"third_person", "wrist", "proprio", "command", "action"}

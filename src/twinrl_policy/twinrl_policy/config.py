@@ -16,6 +16,8 @@ __all__ = [
     "TASKS",
     "ACTION_DIM",
     "PROPRIO_DIM",
+    "COMMAND_DIM",
+    "COMMAND_SCALE",
     "ACTION_LIMITS",
     "ModelConfig",
     "SFTConfig",
@@ -27,6 +29,10 @@ __all__ = [
 TASKS = ("pick_and_place", "insert_hexagon", "insert_triple_column", "erase_whiteboard")
 ACTION_DIM = 7
 PROPRIO_DIM = 22
+# The commanded-target input (twinrl_bringup.dataset.COMMAND_LAYOUT) and the scale that brings
+# it to about [-1, 1]: one step of translation, one step of rotation, the gripper command.
+COMMAND_DIM = 7
+COMMAND_SCALE = (0.05, 0.05, 0.05, 0.25, 0.25, 0.25, 1.0)
 # Per-step action limits of the envelope (config/safety.yaml): translation (m), rotation
 # vector (rad) per control step, gripper command. Normalisation never exceeds them.
 ACTION_LIMITS = (0.05, 0.05, 0.05, 0.25, 0.25, 0.25, 1.0)
@@ -47,6 +53,8 @@ class ModelConfig:
         default_factory=lambda: [(16, 5, 2), (32, 3, 2), (32, 3, 2), (64, 3, 1)])
     image_feature_dim: int = 64                  # per camera, after the keypoint projection
     proprio_hidden: int = 64
+    # feed the commanded target relative to the TCP (7 values) next to the proprioception
+    command_input: bool = True
     task_embedding_dim: int = 16
     instruction_encoder: str = ""                # "" = none; else a name in the text-encoder registry
     instruction_dim: int = 0                     # size of the instruction embedding (0 = unused)

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from twinrl_bringup.dataset import IMAGE_KEYS, Dataset, DatasetError
+from twinrl_bringup.dataset import COMMAND_DIM, IMAGE_KEYS, Dataset, DatasetError, episode_commands
 
 from .config import ModelConfig
 
@@ -31,6 +31,11 @@ class DemoPool:
     proprio: np.ndarray               # (N, 22) float32
     action: np.ndarray                # (N, 7) float32
     episodes: list[str] = field(default_factory=list)
+    command: Optional[np.ndarray] = None   # (N, 7) float32 commanded target (COMMAND_LAYOUT)
+
+    def __post_init__(self):
+        if self.command is None:
+            self.command = np.zeros((len(self.action), COMMAND_DIM), np.float32)
 
     def __len__(self) -> int:
         return int(len(self.action))
@@ -39,11 +44,11 @@ class DemoPool:
     def empty(cls, name: str, cfg: ModelConfig) -> "DemoPool":
         return cls(name, np.zeros((0, *cfg.third_person_size, 3), np.uint8),
                    np.zeros((0, *cfg.wrist_size, 3), np.uint8), np.zeros((0, 22), np.float32),
-                   np.zeros((0, 7), np.float32))
+                   np.zeros((0, 7), np.float32), command=np.zeros((0, COMMAND_DIM), np.float32))
 
     def batch(self, idx: np.ndarray) -> dict[str, np.ndarray]:
         return {"third_person": self.third_person[idx], "wrist": self.wrist[idx],
-                "proprio": self.proprio[idx], "action": self.action[idx]}
+                "proprio": self.proprio[idx], "command": self.command[idx], "action": self.action[idx]}
 
 
 def _check_images(path, obs: dict, cfg: ModelConfig) -> None:
@@ -64,8 +69,8 @@ def load_demo_pools(dirs: Sequence, task: str, cfg: ModelConfig, real_sources=("
     if not dirs:
         raise ValueError("no dataset directories given")
     cfg.task_index(task)  # the policy must know the task
-    parts = {"real": {k: [] for k in ("third_person", "wrist", "proprio", "action")},
-             "twin": {k: [] for k in ("third_person", "wrist", "proprio", "action")}}
+    keys = ("third_person", "wrist", "proprio", "command", "action")
+    parts = {"real": {k: [] for k in keys}, "twin": {k: [] for k in keys}}
     ids = {"real": [], "twin": []}
     info = {"ignored_episodes": 0, "skipped_files": [], "idle_steps_skipped": 0}
     selected = []
@@ -91,6 +96,9 @@ def load_demo_pools(dirs: Sequence, task: str, cfg: ModelConfig, real_sources=("
         for key in ("third_person", "wrist", "proprio"):
             parts[pool][key].append(np.asarray(ep.observations[key][:T])[keep])
         parts[pool]["action"].append(np.asarray(ep.actions, np.float32)[keep])
+        # the commanded target at each step, rebuilt from the start pose and the actions
+        commands = episode_commands(ep.observations["proprio"], ep.actions, where=str(path))
+        parts[pool]["command"].append(commands[:T][keep])
         ids[pool].append(ep.episode_id)
     pools = []
     for name in ("real", "twin"):
@@ -100,7 +108,8 @@ def load_demo_pools(dirs: Sequence, task: str, cfg: ModelConfig, real_sources=("
         p = parts[name]
         pools.append(DemoPool(name, np.concatenate(p["third_person"]), np.concatenate(p["wrist"]),
                               np.concatenate(p["proprio"]).astype(np.float32),
-                              np.concatenate(p["action"]).astype(np.float32), ids[name]))
+                              np.concatenate(p["action"]).astype(np.float32), ids[name],
+                              command=np.concatenate(p["command"]).astype(np.float32)))
     if not len(pools[0]) and not len(pools[1]):
         raise ValueError(f"no usable episodes of task {task!r} in {', '.join(str(d) for d in dirs)}")
     info["real_steps"], info["twin_steps"] = len(pools[0]), len(pools[1])

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from .checkpoint import CheckpointError, PolicyCheckpoint, file_sha256, load_checkpoint
-from .config import PROPRIO_DIM
+from .config import COMMAND_DIM, PROPRIO_DIM
 from .model import VisuomotorPolicy, images_to_tensor
 
 __all__ = [
@@ -187,7 +187,26 @@ class PolicyRunner:
             raise ObservationError(f"proprio: non-finite values at {np.flatnonzero(~np.isfinite(p)).tolist()}")
         return out[0], out[1], p
 
-    def act(self, third_person, wrist, proprio, task: Optional[str] = None) -> InferenceResult:
+    @property
+    def needs_command(self) -> bool:
+        """Whether the current policy takes the commanded target (``model.command_input``)."""
+        return bool(self._ckpt.model_config.command_input)
+
+    @staticmethod
+    def _check_command(command) -> np.ndarray:
+        if command is None:
+            raise ObservationError("command: this policy takes the commanded target relative to the TCP "
+                                   "(model.command_input); none was given")
+        c = np.asarray(command, np.float32).reshape(-1)
+        if c.shape != (COMMAND_DIM,):
+            raise ObservationError(f"command: expected {COMMAND_DIM} values, got {c.size}")
+        if not np.all(np.isfinite(c)):
+            raise ObservationError(f"command: non-finite values at {np.flatnonzero(~np.isfinite(c)).tolist()}")
+        return c
+
+    def act(self, third_person, wrist, proprio, task: Optional[str] = None, command=None) -> InferenceResult:
+        """One action. ``command``: the commanded target relative to the TCP (7 values,
+        ``twinrl_bringup.dataset.COMMAND_LAYOUT``), needed when the policy takes it."""
         t0 = time.perf_counter()
         with self._lock:
             policy, ckpt, version = self._policy, self._ckpt, self._version
@@ -200,6 +219,8 @@ class PolicyRunner:
         batch = {"third_person": images_to_tensor(tp), "wrist": images_to_tensor(wr),
                  "proprio": torch.from_numpy(p).unsqueeze(0),
                  "task": torch.tensor([task_index], dtype=torch.long)}
+        if ckpt.model_config.command_input:
+            batch["command"] = torch.from_numpy(self._check_command(command)).unsqueeze(0)
         with torch.inference_mode():
             action = policy.act(batch, deterministic=self.deterministic, generator=self.generator)[0]
         a = action.numpy().astype(np.float64)

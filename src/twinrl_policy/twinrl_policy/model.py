@@ -6,6 +6,8 @@ Batches are dicts of tensors:
   (:func:`images_to_tensor` converts (B, H, W, 3) uint8);
 * ``proprio`` (B, 22): raw proprioception (``twinrl_bringup.dataset.PROPRIO_LAYOUT``); the
   model standardises it with its normalisation statistics;
+* ``command`` (B, 7): the commanded target relative to the TCP
+  (``twinrl_bringup.dataset.COMMAND_LAYOUT``), when ``cfg.command_input`` (the default);
 * ``task`` (B,) int64: index into ``cfg.tasks`` (:meth:`VisuomotorPolicy.task_ids`);
 * ``instruction`` (B, instruction_dim): only when the config uses an instruction encoder.
 
@@ -24,7 +26,7 @@ import torch
 from torch import nn
 
 from .backbones import build_backbone
-from .config import ACTION_DIM, PROPRIO_DIM, ModelConfig
+from .config import ACTION_DIM, COMMAND_DIM, COMMAND_SCALE, PROPRIO_DIM, ModelConfig
 from .distributions import TanhGaussian
 from .normalization import NormStats
 
@@ -62,6 +64,7 @@ class VisuomotorPolicy(nn.Module):
         for name, size in (("proprio_mean", PROPRIO_DIM), ("proprio_std", PROPRIO_DIM),
                            ("action_center", ACTION_DIM), ("action_half_range", ACTION_DIM)):
             self.register_buffer(name, torch.zeros(size), persistent=False)
+        self.register_buffer("command_scale", torch.tensor(COMMAND_SCALE, dtype=torch.float32), persistent=False)
         self.norm = None
         self.set_norm_stats(norm or NormStats.default())
 
@@ -86,12 +89,22 @@ class VisuomotorPolicy(nn.Module):
                 raise ValueError(f"{key}: expected (B, 3, {size[0]}, {size[1]}), got {tuple(x.shape)}")
         if batch["proprio"].shape[-1] != PROPRIO_DIM:
             raise ValueError(f"proprio: expected (B, {PROPRIO_DIM}), got {tuple(batch['proprio'].shape)}")
+        if self.cfg.command_input:
+            c = batch.get("command")
+            if c is None:
+                raise ValueError("command: this policy takes the commanded target (model.command_input); "
+                                 "the batch has no 'command'")
+            if c.ndim != 2 or c.shape[-1] != COMMAND_DIM:
+                raise ValueError(f"command: expected (B, {COMMAND_DIM}), got {tuple(c.shape)}")
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean, log_std) of the pre-tanh Gaussian, each (B, 7)."""
         self._check(batch)
         inputs = dict(batch)
-        inputs["proprio"] = (batch["proprio"].to(torch.float32) - self.proprio_mean) / self.proprio_std
+        proprio = (batch["proprio"].to(torch.float32) - self.proprio_mean) / self.proprio_std
+        if self.cfg.command_input:
+            proprio = torch.cat([proprio, batch["command"].to(torch.float32) / self.command_scale], dim=-1)
+        inputs["proprio"] = proprio
         h = self.trunk(self.backbone(inputs))
         mean = self.mean_head(h)
         log_std = self.log_std_head(h).clamp(self.cfg.log_std_min, self.cfg.log_std_max)

@@ -3,7 +3,8 @@
 The env contract is the one of ``twinrl_twin.sim.make_env``: ``reset(seed=, options=)``
 returns ``(obs, info)``; ``step(action)`` returns ``(obs, reward, terminated, truncated,
 info)``; observations hold ``third_person`` and ``wrist`` (H, W, 3) uint8 images and
-``proprio`` (22,); ``info["success"]`` and ``info["configuration"]`` describe the episode.
+``proprio`` (22,) and ``command`` (7,, the commanded target relative to the TCP; needed by
+policies with ``model.command_input``); ``info["success"]`` and ``info["configuration"]`` describe the episode.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def run_episode(env, runner: PolicyRunner, seed: Optional[int] = None, options: 
     obs, info = env.reset(seed=seed, options=options)
     total, steps, success = 0.0, 0, bool(info.get("success", False))
     while True:
-        result = runner.act(obs["third_person"], obs["wrist"], obs["proprio"])
+        result = runner.act(obs["third_person"], obs["wrist"], obs["proprio"], command=obs.get("command"))
         obs, reward, terminated, truncated, info = env.step(result.action)
         total += float(reward)
         steps += 1

@@ -55,12 +55,15 @@ class SFTResult:
 
 
 def make_batch(policy: VisuomotorPolicy, arrays: dict, task_index: int) -> dict:
-    """Numpy arrays (third_person, wrist, proprio) -> the policy's tensor batch."""
+    """Numpy arrays (third_person, wrist, proprio[, command]) -> the policy's tensor batch."""
     n = len(arrays["proprio"])
-    return {"third_person": images_to_tensor(arrays["third_person"]),
-            "wrist": images_to_tensor(arrays["wrist"]),
-            "proprio": torch.as_tensor(arrays["proprio"], dtype=torch.float32),
-            "task": torch.full((n,), task_index, dtype=torch.long)}
+    batch = {"third_person": images_to_tensor(arrays["third_person"]),
+             "wrist": images_to_tensor(arrays["wrist"]),
+             "proprio": torch.as_tensor(arrays["proprio"], dtype=torch.float32),
+             "task": torch.full((n,), task_index, dtype=torch.long)}
+    if "command" in arrays:
+        batch["command"] = torch.as_tensor(arrays["command"], dtype=torch.float32)
+    return batch
 
 
 @torch.no_grad()

@@ -9,6 +9,9 @@ Subscribes (best-effort QoS, compatible with reliable publishers too):
 ``use_observation_topic``, a twinrl_msgs/Observation bundle on ``/twinrl/observation``.
 ``/twinrl/policy_version`` (twinrl_msgs/PolicyVersion): reload when the version is newer and
 the file's sha256 matches; on failure the node logs why and keeps its weights.
+``/twinrl/fr3_bridge/commanded_target`` (twinrl_msgs/CommandedTarget, parameter
+``command_topic``): the target the bridge applies actions to, for policies that take it
+(``model.command_input``); without a fresh one (``max_observation_age``) they publish nothing.
 
 Publishes ``/twinrl/action`` (twinrl_msgs/Action) at ``control_rate`` from the newest
 observation (none when it is older than ``max_observation_age``, invalid, or the output is
@@ -18,7 +21,7 @@ not finite; errors are logged at most every ``error_log_period`` seconds) and
 Parameters: checkpoint (path, required), task ("" = the checkpoint's only task),
 control_rate (10.0 Hz), deterministic (true), num_threads (1), seed (0), sync_slop (0.05 s),
 max_observation_age (0.5 s), use_observation_topic (false), error_log_period (2.0 s),
-base_frame (fr3_link0).
+base_frame (fr3_link0), command_topic (/twinrl/fr3_bridge/commanded_target).
 """
 from __future__ import annotations
 
@@ -39,7 +42,8 @@ def main(argv=None) -> int:
     from geometry_msgs.msg import PoseStamped
     from sensor_msgs.msg import Image, JointState
     from std_msgs.msg import Float64
-    from twinrl_msgs.msg import Action, Observation, PolicyVersion
+    from twinrl_bringup.dataset import command_vector
+    from twinrl_msgs.msg import Action, CommandedTarget, Observation, PolicyVersion
 
     from twinrl_policy.checkpoint import CheckpointError
     from twinrl_policy.inference import (ErrorThrottle, NonFiniteActionError, ObservationError, PolicyRunner,
@@ -61,6 +65,7 @@ def main(argv=None) -> int:
     use_obs_topic = bool(p("use_observation_topic", False))
     throttle = ErrorThrottle(float(p("error_log_period", 2.0)))
     base_frame = str(p("base_frame", "fr3_link0"))
+    command_topic = str(p("command_topic", "/twinrl/fr3_bridge/commanded_target"))
 
     def fail(msg: str) -> int:
         return fail_start(node, msg, 2)
@@ -115,6 +120,30 @@ def main(argv=None) -> int:
             node.create_subscription(mtype, topic, lambda m, n=name: sync.add(n, stamp_of(m), m), sensor_qos,
                                      callback_group=sensors)
 
+    target = {"msg": None, "recv": 0.0}
+
+    def on_target(msg):
+        with lock:
+            target["msg"], target["recv"] = msg, time.monotonic()
+
+    node.create_subscription(CommandedTarget, command_topic, on_target, 10, callback_group=sensors)
+
+    def command_for(proprio):
+        """The commanded target relative to the measured TCP, or None (with a log) when the
+        policy needs it and no fresh one has arrived."""
+        if not runner.needs_command:
+            return None
+        with lock:
+            msg, recv = target["msg"], target["recv"]
+        if msg is None or time.monotonic() - recv > max_age:
+            what = "no" if msg is None else f"a {time.monotonic() - recv:.2f} s old"
+            throttled("warning", "command", f"{what} commanded target on {command_topic}: this policy "
+                                            "takes it as an input (model.command_input), no action")
+            return False
+        o, q = msg.pose.position, msg.pose.orientation
+        return command_vector(proprio[14:17], proprio[17:21], [o.x, o.y, o.z], [q.x, q.y, q.z, q.w],
+                              msg.gripper)
+
     pub_action = node.create_publisher(Action, "/twinrl/action", 10)
     pub_latency = node.create_publisher(Float64, "/twinrl/policy/latency_ms", 10)
     counter = {"step": 0}
@@ -148,7 +177,10 @@ def main(argv=None) -> int:
             return
         try:
             tp, wr, proprio, obs_task, step = unpack(*item)
-            result = runner.act(tp, wr, proprio, task=obs_task)
+            command = command_for(proprio)
+            if command is False:
+                return
+            result = runner.act(tp, wr, proprio, task=obs_task, command=command)
         except ObservationError as exc:
             throttled("error", "observation", f"bad observation, no action: {exc}")
             return
