@@ -46,6 +46,10 @@ class StandInRobot:
         self.pub_estop = self.node.create_publisher(Bool, "/twinrl/estop", 10)
         self.node.create_subscription(PoseStamped, "/target_pose", self._on_target, 1000)
         self.node.create_subscription(Action, "/twinrl/fr3_bridge/applied_action", self.applied.append, 1000)
+        from twinrl_msgs.msg import CommandedTarget
+        self.commanded = []        # CommandedTarget messages (the bridge's target for the next action)
+        self.node.create_subscription(CommandedTarget, "/twinrl/fr3_bridge/commanded_target",
+                                      self.commanded.append, 1000)
         self.node.create_subscription(BridgeStatus, "/twinrl/fr3_bridge/status", self._on_status, 100)
         self.diagnostics = None
         self.tcp = []
@@ -332,6 +336,20 @@ def test_watchdog_estop_arbitration_force_reset(bridge_rig):
     n0 = len(robot.targets)
     robot.send([0.003, 0, 0, 0, 0, 0, 0])
     assert robot.wait(lambda: len(robot.targets) > n0, 2.0)
+
+    # --- the commanded target the bridge publishes is the target it sent (what the next action
+    #     is applied to), with the gripper command and the base frame
+    last = robot.targets[-1]
+
+    def published_last():
+        c = robot.commanded[-1] if robot.commanded else None
+        return c is not None and np.allclose([c.pose.position.x, c.pose.position.y, c.pose.position.z],
+                                             last[1], atol=1e-9)
+    assert robot.wait(published_last, 2.0), (robot.commanded[-1] if robot.commanded else None, last)
+    c = robot.commanded[-1]
+    q = [c.pose.orientation.x, c.pose.orientation.y, c.pose.orientation.z, c.pose.orientation.w]
+    assert abs(abs(float(np.dot(q, last[2]))) - 1.0) < 1e-9
+    assert c.header.frame_id == "fr3_link0" and c.gripper == 0.0       # the last action's gripper value
 
 
 def test_franka_robot_state_parsing_and_gripper_hysteresis():
