@@ -101,7 +101,8 @@ def main() -> int:
 
     from twinrl_policy.config import load_model_config, load_sft_config
     from twinrl_policy.evaluation import evaluate_grid, write_heatmap
-    from twinrl_policy.sft import SFTTrainer
+    from twinrl_policy.checkpoint import load_checkpoint
+    from twinrl_policy.sft import SFTTrainer, state_path
     from twinrl_twin.demogen.generate import generate
 
     progress = sys.stderr.isatty()
@@ -155,10 +156,14 @@ def main() -> int:
             data.append(subset(pools["id"][0].parent, root / f"mix_{mid}_{mood}_{tag}",
                                pools["id"][:mid] + pools["ood"][:mood]))
         ckpt = root / f"sft_{mid}_{mood}_{tag}_{args.steps}_s{args.seed}.ckpt"
+        model_cfg, sft_cfg = load_model_config(None, model_over), load_sft_config(None, sft_over)
+        if ckpt.exists() and load_checkpoint(ckpt).model_config != model_cfg:
+            print(f"{ckpt.name}: trained with another model config, training again", file=sys.stderr)
+            ckpt.unlink()
+            state_path(ckpt).unlink(missing_ok=True)
         t0 = time.monotonic()
         if not ckpt.exists():
-            trainer = SFTTrainer(args.task, data, ckpt, load_model_config(None, model_over),
-                                 load_sft_config(None, sft_over), progress=progress,
+            trainer = SFTTrainer(args.task, data, ckpt, model_cfg, sft_cfg, progress=progress,
                                  log=lambda s: print(s, file=sys.stderr))
             res = trainer.train()
             train_s, sps = time.monotonic() - t0, res.samples_per_second
