@@ -56,6 +56,14 @@ def test_spaces_equal_the_sims(twins):
         so, _, _, _, si = sim.step(a)
         to, _, _, _, ti = twin.step(a)
         assert np.allclose(sim.target_pose[0] - p0s, twin.target_pose[0] - p0t, atol=1e-9)
+        # and the arms follow alike: both lag their new target after one step, then settle
+        lag_s = np.linalg.norm(so["tcp_pose"][:3] - sim.target_pose[0])
+        lag_t = np.linalg.norm(to["tcp_pose"][:3] - twin.target_pose[0])
+        assert lag_t > 0.01 and abs(lag_t - lag_s) < 0.006, (lag_s, lag_t)
+        assert np.allclose(to["command"][:3], twin.target_pose[0] - to["tcp_pose"][:3], atol=1e-6)
+        for _ in range(8):
+            to, _, _, _, ti = twin.step(np.array([0, 0, 0, 0, 0, 0, -1.0]))
+            so, _, _, _, si = sim.step(np.array([0, 0, 0, 0, 0, 0, -1.0]))
         assert np.linalg.norm(to["tcp_pose"][:3] - twin.target_pose[0]) < 2e-3
         for key in ("success", "configuration", "safety", "step"):
             assert key in ti and key in si

@@ -60,10 +60,18 @@ class InteractionConfig:
     insert_xy_tolerance: float = 0.002
     insert_yaw_tolerance: float = 0.06
     contact_tolerance: float = 0.003
+    # Arm tracking of its joint targets, per control step (second order): the joint motion of a
+    # step is arm_damping x the previous step's motion + arm_gain x the remaining error.
+    # 1.0 / 0.0 is a kinematic arm that reaches every target within the step.
+    arm_gain: float = 0.42
+    arm_damping: float = 0.18
 
     def validate(self) -> None:
         if self.finger_speed <= 0:
             raise ValueError("finger_speed must be positive")
+        if not 0.0 < self.arm_gain <= 1.0 or not 0.0 <= self.arm_damping < 1.0:
+            raise ValueError(f"arm_gain must be in (0, 1] and arm_damping in [0, 1), got {self.arm_gain}, "
+                             f"{self.arm_damping}")
         if min(self.grasp_margin, self.min_grasp_width, self.insert_xy_tolerance, self.insert_yaw_tolerance,
                self.contact_tolerance) < 0:
             raise ValueError("tolerances must not be negative")
@@ -161,7 +169,9 @@ class TwinEnv:
                     raise ValueError(f"cameras.{n}.parent: no robot body named {parent!r}")
 
         self._seed_rng = np.random.default_rng(seed)
-        self._q = self.home.copy()
+        self._q = self.home.copy()          # joint positions of the arm
+        self._q_des = self.home.copy()      # its joint targets (IK of the commanded TCP target)
+        self._dq = np.zeros(7)              # joint motion of the last step
         self._qvel = np.zeros(7)
         self._width = self.max_width
         self._gripper = -1.0
@@ -190,6 +200,8 @@ class TwinEnv:
 
         d = self.data
         self._q = self.home.copy()
+        self._q_des = self.home.copy()
+        self._dq = np.zeros(7)
         self._qvel = np.zeros(7)
         self._width = self.max_width
         self._gripper = -1.0
@@ -218,14 +230,13 @@ class TwinEnv:
         self._check_open()
         result = self.safety.apply(action, self._target_pos, self._target_quat)
         self._last_safety = result
-        q_prev = self._q.copy()
         if result.accepted:
             self._gripper = float(result.gripper)
             p, q = np.asarray(result.position, float), np.asarray(result.quaternion, float)
             if not (np.array_equal(p, self._target_pos) and np.array_equal(q, self._target_quat)):
                 self._target_pos, self._target_quat = p.copy(), q.copy()
-                self._q = self.ik.solve(self._q, p, q, self.data.qpos)
-        self._qvel = (self._q - q_prev) / self.control_dt
+                self._q_des = self.ik.solve(self._q_des, p, q, self.data.qpos)
+        self._track_joint_targets()
         self._kinematics()
         self._update_gripper()
         self._kinematics()
@@ -349,6 +360,15 @@ class TwinEnv:
         on = self.support_z(self._T_obj) > self.task_obj.rest_z + 1e-9
         return bool(on and bottom <= top + self.icfg.contact_tolerance)
 
+    def _track_joint_targets(self) -> None:
+        """One control step of the arm following its joint targets (see InteractionConfig)."""
+        c = self.icfg
+        q_prev = self._q.copy()
+        self._dq = c.arm_damping * self._dq + c.arm_gain * (self._q_des - self._q)
+        self._q = self.safety.clip_joints(self._q + self._dq)
+        self._dq = self._q - q_prev
+        self._qvel = self._dq / self.control_dt
+
     # -- state ---------------------------------------------------------------------------------
     def tcp_pose(self) -> tuple[np.ndarray, np.ndarray]:
         d = self.data
@@ -360,7 +380,7 @@ class TwinEnv:
 
     @property
     def joint_targets(self) -> np.ndarray:
-        return self._q.copy()
+        return self._q_des.copy()
 
     @property
     def gripper_command(self) -> float:
