@@ -143,7 +143,7 @@ def _execute(env, path, checker, targets=None):
 def test_ompl_path_between_free_poses(envs):
     from twinrl_twin.demogen.collision import CollisionChecker
     from twinrl_twin.demogen.path import Keyframe
-    from twinrl_twin.demogen.planning import OmplPlanner
+    from twinrl_twin.demogen.planning import FREE_MOVE_SETTLE_STEPS, OmplPlanner
 
     env = envs("pick_and_place")
     cfg = {"configuration": {"object_pose": [0.6, 0.3, 0.0, 0, 0, 0, 1]}}
@@ -156,12 +156,16 @@ def test_ompl_path_between_free_poses(envs):
     assert ms <= 0.045 + 1e-9 and mr <= 0.22 + 1e-9
     assert np.allclose(path.positions[0], env.tcp_pose()[0])
     names = [s[0] for s in path.segments]
-    assert names == ["start->a", "a->b"]
+    # each planned move is followed by a wait while the arm, which lags its targets, arrives
+    assert names == ["start->a", "a:settle", "a->b", "b:settle"]
     assert np.all(path.gripper == -1.0)
-    # every segment has at least 2 steps; the keyframes are pose ends of their segments
     starts = [s[1] for s in path.segments] + [len(path)]
-    assert all(b - a >= 2 for a, b in zip(starts[:-1], starts[1:]))
-    ends = [starts[1], starts[2]]
+    settle = [b - a for a, b in zip(starts[1::2], starts[2::2])]
+    assert settle == [FREE_MOVE_SETTLE_STEPS] * 2
+    assert np.allclose(np.diff(path.positions[starts[1]:starts[2] + 1], axis=0), 0)
+    # every move has at least 2 steps; the keyframes are pose ends of their moves
+    assert all(b - a >= 2 for a, b in zip(starts[0::2], starts[1::2]))
+    ends = [starts[1], starts[3]]
     # deterministic for a seed
     path2 = OmplPlanner(env, time_limit=1.0, seed=3)(env, None, kfs, kfs)
     np.testing.assert_allclose(path2.positions, path.positions)

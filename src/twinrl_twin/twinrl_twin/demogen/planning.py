@@ -46,6 +46,10 @@ LINE_LATERAL = 0.02         # m: a move with at most this horizontal offset is a
 LINE_SHORT = 0.05           # m: any move at most this long is a straight line
 LINE_STEP = 0.01            # m between IK points of a straight line
 DENSE_JOINT_STEP = 0.01     # rad between interpolated states of a joint-space path
+# Steps the path waits after each planned (free-space) move and before each grasp or release
+# that follows a move: the arm follows its targets with a lag of about one step at full speed
+# and settles to < 2 mm within four (sim FR3, twin).
+FREE_MOVE_SETTLE_STEPS = 4
 MOVEIT_MISSING = ("MoveIt backend needs moveit_msgs (install ros-kilted-moveit-msgs or build it in the "
                   "workspace) and a running move_group")
 ARM_JOINT_NAMES = tuple(f"fr3_joint{i}" for i in range(1, 8))
@@ -269,12 +273,14 @@ class _KeyframePlanner:
         prev_name = "start"
         seed_kfs = {k.name: k for k in (keyframes or []) if isinstance(k, Keyframe)}
         n_free = 0
+        moving = False                  # the arm's target moved since it last waited for the arm
         for i, k in enumerate(kfs):
             # the move prev -> k (command of the previous keyframe / the env)
             pb, qb = np.asarray(k.position, float), tf.normalize_quat(k.quaternion)
             what = f"{prev_name}->{k.name}"
             if np.linalg.norm(pb - positions[-1]) > 1e-4 or tf.quat_angle(quats[-1], qb) > 1e-3:
                 min_steps = 2
+                settle = 0
                 a, b = seed_kfs.get(prev_name), seed_kfs.get(k.name)
                 if (prev_name, k.name) == ("wipe_start", "wipe_end") and a is not None and b is not None \
                         and hasattr(demo, "positions"):
@@ -304,6 +310,7 @@ class _KeyframePlanner:
                                                                 f"({_pairs(checker.contacts_at(q_goal, width, attached, T_tcp_obj))})")
                     qs = self._plan_free(env, checker, q, q_goal, width, attached, T_tcp_obj, what)
                     n_free += 1
+                    settle = FREE_MOVE_SETTLE_STEPS
                 dense = [checker.tcp_pose_at(x) for x in qs]
                 dense[-1] = (pb, qb)                        # end exactly on the keyframe
                 P, Q = resample_tcp_path([d[0] for d in dense], [d[1] for d in dense], self.max_step, self.max_rot,
@@ -312,12 +319,28 @@ class _KeyframePlanner:
                 positions.extend(P[1:])
                 quats.extend(Q[1:])
                 gripper.extend([g_cmd] * (len(P) - 1))
+                moving = True
+                if settle:
+                    # a planned move ends at full speed; the arm arrives a few steps after its
+                    # target: wait before the next (contact) move instead of cutting the corner
+                    segments.append((f"{k.name}:settle", len(positions) - 1))
+                    positions.extend([positions[-1]] * settle)
+                    quats.extend([quats[-1]] * settle)
+                    gripper.extend([g_cmd] * settle)
+                    moving = False
 
                 q = qs[-1]
             # the gripper at k
             new_cmd = float(k.gripper)
             if _closed(new_cmd) != _closed(g_cmd):
                 closing = _closed(new_cmd)
+                if moving:
+                    # grasp or release where the arm is, not where its target is: wait for it
+                    segments.append((f"{k.name}:arrive", len(positions) - 1))
+                    positions.extend([positions[-1]] * FREE_MOVE_SETTLE_STEPS)
+                    quats.extend([quats[-1]] * FREE_MOVE_SETTLE_STEPS)
+                    gripper.extend([g_cmd] * FREE_MOVE_SETTLE_STEPS)
+                    moving = False
                 src = seed_kfs.get(k.name)
                 n = gripper_dwell_steps(demo, src.index if src is not None else k.index, closing, dwell_default)
                 segments.append((f"{k.name}:{'close' if closing else 'open'}", len(positions) - 1))
