@@ -11,7 +11,7 @@ them). Prints ID, OOD and average success rates with deltas against real-only, a
 
     python bench/table1.py --task pick_and_place [--real 30] [--steps 3000] [--batch 64]
         [--rollouts-per-cell 2] [--image-size 128,64] [--mixes 0/0 30/30 60/30 30/60]
-        [--method affine] [--workers 2] [--root DIR] [--out DIR] [--json]
+        [--method affine] [--seeds 1] [--workers 2] [--root DIR] [--out DIR] [--json]
 
 Everything (demos, twin, checkpoints) is kept under --root (default: a directory under the
 system temp dir named after the task), so a second run reuses what is there: the same
@@ -26,6 +26,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 from common import build_twin, camera_overrides, record_demos
 
@@ -93,11 +95,16 @@ def main() -> int:
     ap.add_argument("--rollouts-per-cell", type=int, default=2)
     ap.add_argument("--time-limit", type=int, default=None, help="evaluation steps per episode")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of demos, twin demos, evaluation starts and the "
+                                                         "first training run")
+    ap.add_argument("--seeds", type=int, default=1, help="training seeds per mix (seed, seed+1, ...): rows "
+                                                         "report mean and std over them")
     ap.add_argument("--root", type=Path, default=None, help="work directory (kept; reused by a second run)")
     ap.add_argument("--out", type=Path, default=None, help="results directory (default: ROOT/results)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    if args.seeds < 1:
+        ap.error(f"--seeds must be >= 1, got {args.seeds}")
 
     from twinrl_policy.config import load_model_config, load_sft_config
     from twinrl_policy.evaluation import evaluate_grid, write_heatmap
@@ -141,7 +148,7 @@ def main() -> int:
 
     # 3. one SFT policy per mix, 4. grid evaluation in the sim world
     model_over = [f"third_person_size=[{size[0]},{size[0]}]", f"wrist_size=[{size[1]},{size[1]}]"]
-    sft_over = [f"steps={args.steps}", f"batch_size={args.batch}", f"seed={args.seed}"]
+    sft_over = [f"steps={args.steps}", f"batch_size={args.batch}"]
     if args.alpha is not None:
         sft_over.append(f"alpha={args.alpha}")
     rows = []
@@ -155,44 +162,55 @@ def main() -> int:
         if mid or mood:
             data.append(subset(pools["id"][0].parent, root / f"mix_{mid}_{mood}_{tag}",
                                pools["id"][:mid] + pools["ood"][:mood]))
-        ckpt = root / f"sft_{mid}_{mood}_{tag}_{args.steps}_s{args.seed}.ckpt"
-        model_cfg, sft_cfg = load_model_config(None, model_over), load_sft_config(None, sft_over)
-        if ckpt.exists() and load_checkpoint(ckpt).model_config != model_cfg:
-            print(f"{ckpt.name}: trained with another model config, training again", file=sys.stderr)
-            ckpt.unlink()
-            state_path(ckpt).unlink(missing_ok=True)
-        t0 = time.monotonic()
-        if not ckpt.exists():
-            trainer = SFTTrainer(args.task, data, ckpt, model_cfg, sft_cfg, progress=progress,
-                                 log=lambda s: print(s, file=sys.stderr))
-            res = trainer.train()
-            train_s, sps = time.monotonic() - t0, res.samples_per_second
-        else:
-            train_s, sps = float("nan"), float("nan")
-        t1 = time.monotonic()
-        res = evaluate_grid(ckpt, args.task, args.rollouts_per_cell, world="sim", workers=args.workers,
-                            seed=args.seed, time_limit=args.time_limit, progress=progress)
-        stem = f"table1_{args.task}_{mid}_{mood}"
-        (out / f"{stem}.json").write_text(res.to_json())
-        write_heatmap(res, out / f"{stem}.png")
-        row = {"mix": name, "twin_id": mid, "twin_ood": mood, "id_sr": res.id_success_rate,
-               "ood_sr": res.ood_success_rate, "avg_sr": res.average_success_rate,
-               "episodes": len(res.episodes), "train_s": train_s, "samples_per_s": sps,
-               "eval_s": time.monotonic() - t1, "checkpoint": str(ckpt)}
+        model_cfg = load_model_config(None, model_over)
+        runs = []
+        for k in range(args.seeds):              # one policy per training seed
+            seed = args.seed + k
+            ckpt = root / f"sft_{mid}_{mood}_{tag}_{args.steps}_s{seed}.ckpt"
+            if ckpt.exists() and load_checkpoint(ckpt).model_config != model_cfg:
+                print(f"{ckpt.name}: trained with another model config, training again", file=sys.stderr)
+                ckpt.unlink()
+                state_path(ckpt).unlink(missing_ok=True)
+            t0 = time.monotonic()
+            if not ckpt.exists():
+                trainer = SFTTrainer(args.task, data, ckpt, model_cfg,
+                                     load_sft_config(None, sft_over + [f"seed={seed}"]), progress=progress,
+                                     log=lambda s: print(s, file=sys.stderr))
+                res = trainer.train()
+                train_s, sps = time.monotonic() - t0, res.samples_per_second
+            else:
+                train_s, sps = float("nan"), float("nan")
+            t1 = time.monotonic()
+            res = evaluate_grid(ckpt, args.task, args.rollouts_per_cell, world="sim", workers=args.workers,
+                                seed=args.seed, time_limit=args.time_limit, progress=progress)
+            stem = f"table1_{args.task}_{mid}_{mood}" + (f"_s{seed}" if args.seeds > 1 else "")
+            (out / f"{stem}.json").write_text(res.to_json())
+            write_heatmap(res, out / f"{stem}.png")
+            runs.append({"seed": seed, "id_sr": res.id_success_rate, "ood_sr": res.ood_success_rate,
+                         "avg_sr": res.average_success_rate, "episodes": len(res.episodes), "train_s": train_s,
+                         "samples_per_s": sps, "eval_s": time.monotonic() - t1, "checkpoint": str(ckpt)})
+            print(f"{name:<26} seed {seed}: ID {res.id_success_rate:.2f}  OOD {res.ood_success_rate:.2f}  "
+                  f"avg {res.average_success_rate:.2f}  (train {train_s:.0f} s, eval {runs[-1]['eval_s']:.0f} s)",
+                  flush=True)
+        row = {"mix": name, "twin_id": mid, "twin_ood": mood, "seeds": len(runs),
+               "episodes": int(sum(r["episodes"] for r in runs)), "runs": runs}
+        for key in ("id_sr", "ood_sr", "avg_sr"):
+            v = np.array([r[key] for r in runs], float)
+            row[key], row[key + "_std"] = float(v.mean()), float(v.std())
         rows.append(row)
-        print(f"{name:<26} ID {row['id_sr']:.2f}  OOD {row['ood_sr']:.2f}  avg {row['avg_sr']:.2f}  "
-              f"(train {train_s:.0f} s, eval {row['eval_s']:.0f} s)", flush=True)
 
     base = next((r for r in rows if (r["twin_id"], r["twin_ood"]) == (0, 0)), None)
     print(f"\nTable I, {args.task}, sim world: {args.real} real ID demos, {args.steps} SFT steps of "
-          f"{args.batch}, images {tag}, {args.rollouts_per_cell} rollouts per cell")
-    print(f"{'data':<26} {'ID SR':>14} {'OOD SR':>14} {'avg SR':>14}")
+          f"{args.batch}, images {tag}, {args.rollouts_per_cell} rollouts per cell, {args.seeds} training "
+          f"seed(s) per row (mean{' +- std' if args.seeds > 1 else ''})")
+    print(f"{'data':<26} {'ID SR':>18} {'OOD SR':>18} {'avg SR':>18}")
     for r in rows:
         cells = []
         for k in ("id_sr", "ood_sr", "avg_sr"):
+            sd = f"+-{r[k + '_std'] * 100:.0f}" if r["seeds"] > 1 else ""
             d = "" if base is None or r is base else f" ({(r[k] - base[k]) * 100:+.0f})"
-            cells.append(f"{r[k] * 100:5.1f}{d}")
-        print(f"{r['mix']:<26} {cells[0]:>14} {cells[1]:>14} {cells[2]:>14}")
+            cells.append(f"{r[k] * 100:5.1f}{sd}{d}")
+        print(f"{r['mix']:<26} {cells[0]:>18} {cells[1]:>18} {cells[2]:>18}")
     print(f"total {time.monotonic() - t_start:.0f} s")
     summary = {"task": args.task, "real": args.real, "steps": args.steps, "batch": args.batch,
                "image_size": list(size), "rollouts_per_cell": args.rollouts_per_cell, "method": args.method,
@@ -209,12 +227,12 @@ def plot(rows, task, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     x = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(rows), 3.6))
     for i, (k, label) in enumerate((("id_sr", "ID"), ("ood_sr", "OOD"), ("avg_sr", "average"))):
-        ax.bar(x + (i - 1) * 0.27, [100 * r[k] for r in rows], 0.27, label=label)
+        ax.bar(x + (i - 1) * 0.27, [100 * r[k] for r in rows], 0.27, label=label,
+               yerr=[100 * r[k + "_std"] for r in rows] if any(r["seeds"] > 1 for r in rows) else None)
     ax.set_xticks(x, [r["mix"].replace(" twin", "").replace(" / ", "\n") for r in rows])
     ax.set_ylabel("success rate (%)")
     ax.set_ylim(0, 100)

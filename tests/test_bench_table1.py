@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_table1_tiny_run(tmp_path, ros_env):
     cmd = [sys.executable, str(ROOT / "bench" / "table1.py"), "--task", "pick_and_place", "--real", "2",
-           "--mixes", "0/0", "2/1", "--steps", "5", "--batch", "4", "--rollouts-per-cell", "1",
+           "--mixes", "0/0", "2/1", "--seeds", "2", "--steps", "5", "--batch", "4", "--rollouts-per-cell", "1",
            "--time-limit", "5", "--workers", "1", "--image-size", "64,32", "--root", str(tmp_path / "w"),
            "--json"]
     r = subprocess.run(cmd, env=ros_env, capture_output=True, text=True, timeout=600)
@@ -24,12 +24,18 @@ def test_table1_tiny_run(tmp_path, ros_env):
     rows = {(row["twin_id"], row["twin_ood"]): row for row in summary["rows"]}
     assert set(rows) == {(0, 0), (2, 1)}
     for row in rows.values():
-        assert row["episodes"] == 24                       # 4 x 6 cells, one rollout each
-        assert all(0.0 <= row[k] <= 1.0 for k in ("id_sr", "ood_sr", "avg_sr"))
+        assert row["seeds"] == 2 and [r["seed"] for r in row["runs"]] == [0, 1]
+        assert row["episodes"] == 48                       # 4 x 6 cells, one rollout each, 2 seeds
+        for k in ("id_sr", "ood_sr", "avg_sr"):
+            v = [r[k] for r in row["runs"]]
+            assert all(0.0 <= x <= 1.0 for x in v)
+            assert row[k] == pytest.approx(sum(v) / 2) and row[k + "_std"] == pytest.approx(abs(v[0] - v[1]) / 2)
+    # one checkpoint per training seed
+    assert len(list((tmp_path / "w").glob("sft_2_1_*_s*.ckpt"))) == 2
     assert "real only" in r.stdout and "+2 ID / +1 OOD twin" in r.stdout
     out = tmp_path / "w" / "results"
     assert (out / "table1_pick_and_place.png").stat().st_size > 1000
-    assert (out / "table1_pick_and_place_2_1.png").exists()
+    assert (out / "table1_pick_and_place_2_1_s1.png").exists()
     # the twin mix trained on 2 ID + 1 OOD twin demos from the twin, next to the 2 real ones
     mix = [p for p in (tmp_path / "w").glob("mix_2_1_*")][0]
     from twinrl_bringup.dataset import Dataset
@@ -42,7 +48,10 @@ def test_table1_tiny_run(tmp_path, ros_env):
     assert "SFT pick_and_place" not in r2.stderr
 
 
-def test_table1_rejects_a_bad_mix(ros_env):
+def test_table1_rejects_a_bad_mix_or_seed_count(ros_env):
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "table1.py"), "--task", "pick_and_place",
                         "--mixes", "30-60"], env=ros_env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "a mix is ID/OOD twin demo counts like 30/60, got '30-60'" in r.stderr
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "table1.py"), "--task", "pick_and_place",
+                        "--seeds", "0"], env=ros_env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--seeds must be >= 1, got 0" in r.stderr
