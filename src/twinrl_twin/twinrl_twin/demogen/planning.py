@@ -274,6 +274,13 @@ class _KeyframePlanner:
         seed_kfs = {k.name: k for k in (keyframes or []) if isinstance(k, Keyframe)}
         n_free = 0
         moving = False                  # the arm's target moved since it last waited for the arm
+
+        def hold(name: str, n: int, g: float) -> None:
+            """A segment of ``n`` steps at the current pose with gripper command ``g``."""
+            segments.append((name, len(positions) - 1))
+            positions.extend([positions[-1]] * n)
+            quats.extend([quats[-1]] * n)
+            gripper.extend([g] * n)
         for i, k in enumerate(kfs):
             # the move prev -> k (command of the previous keyframe / the env)
             pb, qb = np.asarray(k.position, float), tf.normalize_quat(k.quaternion)
@@ -323,10 +330,7 @@ class _KeyframePlanner:
                 if settle:
                     # a planned move ends at full speed; the arm arrives a few steps after its
                     # target: wait before the next (contact) move instead of cutting the corner
-                    segments.append((f"{k.name}:settle", len(positions) - 1))
-                    positions.extend([positions[-1]] * settle)
-                    quats.extend([quats[-1]] * settle)
-                    gripper.extend([g_cmd] * settle)
+                    hold(f"{k.name}:settle", settle, g_cmd)
                     moving = False
 
                 q = qs[-1]
@@ -336,17 +340,11 @@ class _KeyframePlanner:
                 closing = _closed(new_cmd)
                 if moving:
                     # grasp or release where the arm is, not where its target is: wait for it
-                    segments.append((f"{k.name}:arrive", len(positions) - 1))
-                    positions.extend([positions[-1]] * FREE_MOVE_SETTLE_STEPS)
-                    quats.extend([quats[-1]] * FREE_MOVE_SETTLE_STEPS)
-                    gripper.extend([g_cmd] * FREE_MOVE_SETTLE_STEPS)
+                    hold(f"{k.name}:arrive", FREE_MOVE_SETTLE_STEPS, g_cmd)
                     moving = False
                 src = seed_kfs.get(k.name)
                 n = gripper_dwell_steps(demo, src.index if src is not None else k.index, closing, dwell_default)
-                segments.append((f"{k.name}:{'close' if closing else 'open'}", len(positions) - 1))
-                positions.extend([positions[-1]] * n)
-                quats.extend([quats[-1]] * n)
-                gripper.extend([new_cmd] * n)
+                hold(f"{k.name}:{'close' if closing else 'open'}", n, new_cmd)
                 if closing:
                     T_tcp = tf.pose_to_matrix(*checker.tcp_pose_at(q))
                     T_tcp_obj = tf.invert(T_tcp) @ T_obj
