@@ -68,6 +68,15 @@ def subset(src: Path, dst: Path, episodes: list) -> Path:
     return dst
 
 
+def same_model(ckpt: Path, model_cfg) -> bool:
+    from twinrl_policy.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        return load_checkpoint(ckpt).model_config == model_cfg
+    except CheckpointError:
+        return False
+
+
 def twin_pools(twin_dir: Path) -> dict[str, list]:
     """Successful twin episodes of ``twin_dir`` by region, in generation order."""
     from twinrl_bringup.dataset import Dataset
@@ -108,7 +117,6 @@ def main() -> int:
 
     from twinrl_policy.config import load_model_config, load_sft_config
     from twinrl_policy.evaluation import evaluate_grid, write_heatmap
-    from twinrl_policy.checkpoint import load_checkpoint
     from twinrl_policy.sft import SFTTrainer, state_path
     from twinrl_twin.demogen.generate import generate
 
@@ -167,8 +175,9 @@ def main() -> int:
         for k in range(args.seeds):              # one policy per training seed
             seed = args.seed + k
             ckpt = root / f"sft_{mid}_{mood}_{tag}_{args.steps}_s{seed}.ckpt"
-            if ckpt.exists() and load_checkpoint(ckpt).model_config != model_cfg:
-                print(f"{ckpt.name}: trained with another model config, training again", file=sys.stderr)
+            if ckpt.exists() and not same_model(ckpt, model_cfg):
+                print(f"{ckpt.name}: trained with another model config (or unreadable), training again",
+                      file=sys.stderr)
                 ckpt.unlink()
                 state_path(ckpt).unlink(missing_ok=True)
             t0 = time.monotonic()

@@ -125,3 +125,17 @@ def test_nan_weights_are_rejected(policy, tmp_path):
     with pytest.raises(ValueError, match="non-finite weights: mean_head.bias"):
         save_checkpoint(tmp_path / "q.ckpt", policy)
     assert not (tmp_path / "q.ckpt").exists()
+
+
+def test_checkpoint_from_before_the_command_input_loads_without_it(policy, tmp_path):
+    """Checkpoints written before model.command_input existed were trained without the input."""
+    assert policy.cfg.command_input is False
+    old_cfg = {k: v for k, v in to_dict(policy.cfg).items() if k != "command_input"}
+    write_raw_checkpoint(tmp_path / "old.ckpt", _payload(policy, model_config=old_cfg))
+    loaded, ckpt = load_policy(tmp_path / "old.ckpt")
+    assert ckpt.model_config.command_input is False
+    # a current checkpoint that says it takes the input but holds weights without it is refused
+    cfg = dict(to_dict(policy.cfg), command_input=True)
+    write_raw_checkpoint(tmp_path / "bad.ckpt", _payload(policy, model_config=cfg))
+    with pytest.raises(CheckpointError, match=r"backbone.proprio.0.weight.*architecture expects"):
+        load_checkpoint(tmp_path / "bad.ckpt")

@@ -201,8 +201,12 @@ def load_checkpoint(path) -> PolicyCheckpoint:
         raise CheckpointError(path, f"wrong keys: missing {missing}, unexpected {unexpected}")
     if payload["format_version"] != FORMAT_VERSION:
         raise CheckpointError(path, f"payload format_version {payload['format_version']!r} != {FORMAT_VERSION}")
+    stored = payload["model_config"]
+    if isinstance(stored, dict) and "command_input" not in stored:
+        # checkpoints from before the commanded-target input were trained without it
+        stored = dict(stored, command_input=False)
     try:
-        cfg = from_dict(payload["model_config"], ModelConfig, source=str(path), prefix="model_config")
+        cfg = from_dict(stored, ModelConfig, source=str(path), prefix="model_config")
     except ConfigError as exc:
         raise CheckpointError(path, f"invalid model_config: {exc.key}: {exc.problem}") from None
     try:
