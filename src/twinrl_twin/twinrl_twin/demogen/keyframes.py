@@ -95,17 +95,8 @@ def load_seed_demo(path_or_episode) -> SeedDemo:
     if not ep.is_success:
         raise ValueError(f"{where}: success: the seed episode is not a success")
     cfg = ep.initial_configuration or {}
-    poses = {}
-    for key in ("object_pose", "target_pose"):
-        v = cfg.get(key)
-        try:
-            arr = np.asarray(v, dtype=float).reshape(-1)
-        except (TypeError, ValueError):
-            arr = np.zeros(0)
-        if v is None or arr.shape != (7,) or not np.all(np.isfinite(arr)) or np.linalg.norm(arr[3:]) < 1e-9:
-            raise ValueError(f"{where}: initial_configuration.{key}: expected [x, y, z, qx, qy, qz, qw], got {v!r}")
-        arr[3:] = tf.normalize_quat(arr[3:])
-        poses[key] = arr
+    poses = {key: _config_pose(cfg, key, f"{where}: initial_configuration")
+             for key in ("object_pose", "target_pose")}
     proprio = np.asarray(ep.observations.get("proprio") if isinstance(ep.observations, dict) else None,
                          dtype=float)
     T = len(ep.actions)
@@ -289,16 +280,18 @@ def _task_obj(task):
     return task
 
 
-def _config_pose(configuration: dict, key: str) -> np.ndarray:
+def _config_pose(configuration: dict, key: str, what: str = "configuration") -> np.ndarray:
+    """``configuration[key]`` as a checked 7-vector with a unit quaternion; errors name
+    ``what.key``."""
     if not isinstance(configuration, dict):
-        raise ValueError(f"configuration: expected a dict with object_pose / target_pose, got {type(configuration).__name__}")
+        raise ValueError(f"{what}: expected a dict with object_pose / target_pose, got {type(configuration).__name__}")
     v = configuration.get(key)
     try:
         arr = np.asarray(v, dtype=float).reshape(-1)
     except (TypeError, ValueError):
         arr = np.zeros(0)
     if v is None or arr.shape != (7,) or not np.all(np.isfinite(arr)) or np.linalg.norm(arr[3:]) < 1e-9:
-        raise ValueError(f"configuration.{key}: expected [x, y, z, qx, qy, qz, qw], got {v!r}")
+        raise ValueError(f"{what}.{key}: expected [x, y, z, qx, qy, qz, qw], got {v!r}")
     arr[3:] = tf.normalize_quat(arr[3:])
     return arr
 
