@@ -128,18 +128,16 @@ def main(argv=None) -> int:
 
     node.create_subscription(CommandedTarget, command_topic, on_target, 10, callback_group=sensors)
 
-    def command_for(proprio):
-        """The commanded target relative to the measured TCP, or None (with a log) when the
-        policy needs it and no fresh one has arrived."""
-        if not runner.needs_command:
-            return None
+    def latest_command(proprio):
+        """The bridge's commanded target relative to the measured TCP, or None (logged) when no
+        fresh one has arrived."""
         with lock:
             msg, recv = target["msg"], target["recv"]
         if msg is None or time.monotonic() - recv > max_age:
             what = "no" if msg is None else f"a {time.monotonic() - recv:.2f} s old"
             throttled("warning", "command", f"{what} commanded target on {command_topic}: this policy "
                                             "takes it as an input (model.command_input), no action")
-            return False
+            return None
         o, q = msg.pose.position, msg.pose.orientation
         return command_vector(proprio[14:17], proprio[17:21], [o.x, o.y, o.z], [q.x, q.y, q.z, q.w],
                               msg.gripper)
@@ -177,9 +175,11 @@ def main(argv=None) -> int:
             return
         try:
             tp, wr, proprio, obs_task, step = unpack(*item)
-            command = command_for(proprio)
-            if command is False:
-                return
+            command = None
+            if runner.needs_command:
+                command = latest_command(proprio)
+                if command is None:
+                    return
             result = runner.act(tp, wr, proprio, task=obs_task, command=command)
         except ObservationError as exc:
             throttled("error", "observation", f"bad observation, no action: {exc}")
