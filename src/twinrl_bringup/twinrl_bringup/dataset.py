@@ -85,11 +85,13 @@ def command_vector(tcp_position, tcp_quaternion, target_position, target_quatern
     return np.concatenate([dp, rv, [float(gripper_command)]]).astype(np.float32)
 
 
-def episode_commands(proprio, actions, initial_gripper: float = -1.0, where: str = "episode") -> np.ndarray:
+def episode_commands(proprio, actions, initial_gripper: float = -1.0, where: str = "episode",
+                     envelope=None) -> np.ndarray:
     """(T+1, 7) command vectors of an episode, rebuilt from its proprioception (T+1, 22) and
     actions (T, 7): the targets are the commanded path from the measured start pose (episodes
     start at rest, target = TCP), the gripper command the last action's (``initial_gripper``
-    before the first)."""
+    before the first). ``envelope``: the SafetyEnvelope to replay (default: config/safety.yaml;
+    pass one when rebuilding many episodes)."""
     from twinrl_bringup.safety import commanded_path
 
     proprio = np.asarray(proprio, dtype=np.float64)
@@ -97,7 +99,7 @@ def episode_commands(proprio, actions, initial_gripper: float = -1.0, where: str
     T = len(actions)
     if proprio.ndim != 2 or proprio.shape[0] != T + 1 or proprio.shape[1] != PROPRIO_DIM:
         raise ValueError(f"{where}: proprio: expected ({T + 1}, {PROPRIO_DIM}), got {proprio.shape}")
-    P, Q = commanded_path(proprio[0, 14:17], proprio[0, 17:21], actions, where=f"{where}: actions")
+    P, Q = commanded_path(proprio[0, 14:17], proprio[0, 17:21], actions, envelope, where=f"{where}: actions")
     grip = np.concatenate([[float(initial_gripper)], np.clip(actions[:, 6], -1.0, 1.0)])
     return np.stack([command_vector(proprio[k, 14:17], proprio[k, 17:21], P[k], Q[k], grip[k])
                      for k in range(T + 1)])

@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from twinrl_bringup.dataset import COMMAND_DIM, IMAGE_KEYS, Dataset, DatasetError, episode_commands
+from twinrl_bringup.safety import SafetyEnvelope, load_safety_config
 
 from .config import ModelConfig
 
@@ -86,6 +87,7 @@ def load_demo_pools(dirs: Sequence, task: str, cfg: ModelConfig, real_sources=("
                 info["ignored_episodes"] += 1
                 continue
             selected.append((ds, i, pool))
+    envelope = SafetyEnvelope(load_safety_config())     # replays the actions into commanded targets
     for ds, i, pool in tqdm(selected, desc="loading demos", unit="ep", disable=not progress, leave=False):
         path = ds.path(i)
         ep = ds.load(i)
@@ -97,7 +99,7 @@ def load_demo_pools(dirs: Sequence, task: str, cfg: ModelConfig, real_sources=("
             parts[pool][key].append(np.asarray(ep.observations[key][:T])[keep])
         parts[pool]["action"].append(np.asarray(ep.actions, np.float32)[keep])
         # the commanded target at each step, rebuilt from the start pose and the actions
-        commands = episode_commands(ep.observations["proprio"], ep.actions, where=str(path))
+        commands = episode_commands(ep.observations["proprio"], ep.actions, where=str(path), envelope=envelope)
         parts[pool]["command"].append(commands[:T][keep])
         ids[pool].append(ep.episode_id)
     pools = []
