@@ -156,6 +156,7 @@ def bridge_rig(rclpy_context, spawn_node, tmp_path):
     cfg["wrench_topic"] = "/stand_in/wrench"
     cfg["home_position"] = [0.45, 0.0, 0.35]
     cfg["reset_speed"] = 0.2
+    cfg["target_queue_depth"] = 1000   # the stand-in must see every target, even on a loaded host
     cfg_path = tmp_path / "fr3_real_test.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     robot = StandInRobot(rclpy_context, "/stand_in/wrench")
@@ -183,6 +184,9 @@ def test_random_nan_inf_out_of_range_actions_never_leave_envelope(bridge_rig):
         robot.send(a)
         if i % 50 == 49:  # flow control: the bridge's queue holds 100 actions
             assert robot.wait(lambda: robot.status.commands_received >= i + 1 - 50, 10.0), robot.status
+            # and the stand-in keeps up with the targets (one per accepted action), so none is lost
+            assert robot.wait(lambda: len(robot.targets) >= robot.status.commands_received
+                              - robot.status.commands_rejected - 200, 10.0), (len(robot.targets), robot.status)
     t_send = time.monotonic() - t0
     assert robot.wait(lambda: robot.status.commands_received >= n, 10.0), robot.status
     time.sleep(0.3)

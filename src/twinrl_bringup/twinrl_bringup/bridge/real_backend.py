@@ -40,6 +40,7 @@ class RealBackendConfig:
     wrench_topic: str = ""                       # optional WrenchStamped of the external force
     target_topic: str = "/target_pose"
     target_type: str = "geometry_msgs/msg/PoseStamped"
+    target_queue_depth: int = 10                 # publisher history of the target topic
     base_frame: str = "fr3_link0"
     joint_names: list[str] = field(default_factory=lambda: list(FR3_JOINTS))
     finger_joint_names: list[str] = field(default_factory=lambda: ["fr3_finger_joint1", "fr3_finger_joint2"])
@@ -62,6 +63,8 @@ class RealBackendConfig:
     def validate(self) -> None:
         if len(self.joint_names) != 7:
             raise ValueError(f"joint_names: expected 7 names, got {len(self.joint_names)}")
+        if self.target_queue_depth < 1:
+            raise ValueError(f"target_queue_depth: expected >= 1, got {self.target_queue_depth}")
         if self.target_type not in ("geometry_msgs/msg/PoseStamped", "geometry_msgs/msg/Pose"):
             raise ValueError(f"target_type {self.target_type!r}: expected geometry_msgs/msg/PoseStamped or Pose")
         if not self.gripper_open_below < self.gripper_close_above:
@@ -174,7 +177,7 @@ class RealBackend:
 
             node.create_subscription(WrenchStamped, cfg.wrench_topic, self._on_wrench, 10)
         self._target_type = import_type(cfg.target_type)
-        self._target_pub = node.create_publisher(self._target_type, cfg.target_topic, 10)
+        self._target_pub = node.create_publisher(self._target_type, cfg.target_topic, cfg.target_queue_depth)
         self._setup_gripper()
         self._setup_recovery()
         node.get_logger().info(
