@@ -174,7 +174,7 @@ def test_random_nan_inf_out_of_range_actions_never_leave_envelope(bridge_rig):
     robot, proc, env = bridge_rig
     rng = np.random.default_rng(7)
     specials = [np.nan, np.inf, -np.inf, 1e9, -1e9]
-    n, n_bad = 10000, 0
+    n, n_bad = 5000, 0
     t0 = time.monotonic()
     for i in range(n):
         a = rng.normal(size=7) * rng.choice([0.01, 0.1, 5.0])
