@@ -42,6 +42,21 @@ def test_tanh_gaussian_log_prob_matches_torch_transformed_distribution():
     assert torch.all(y.abs() < 1) and torch.allclose(d.mode(), torch.tanh(mean))
 
 
+def test_tanh_gaussian_per_dimension_log_prob_sums_to_the_joint_one():
+    from torch.distributions import Normal, TransformedDistribution
+    from torch.distributions.transforms import TanhTransform
+
+    torch.manual_seed(1)
+    mean, log_std = torch.randn(32, 7) * 0.5, torch.randn(32, 7) * 0.2 - 1.0
+    d = TanhGaussian(mean, log_std)
+    y = torch.tanh(mean + 0.3 * torch.randn(32, 7))
+    dims = d.log_prob_dims(y)
+    assert dims.shape == (32, 7) and torch.allclose(dims.sum(-1), d.log_prob(y), atol=1e-5)
+    for j in (0, 5):   # each column is that dimension's own 1-D density
+        ref = TransformedDistribution(Normal(mean[:, j], log_std[:, j].exp()), [TanhTransform()])
+        assert torch.allclose(dims[:, j], ref.log_prob(y[:, j]), atol=1e-3)
+
+
 def test_tanh_gaussian_density_integrates_to_one():
     d = TanhGaussian(torch.tensor([[0.7]]), torch.tensor([[-0.4]]))
     ys = torch.linspace(-0.9999, 0.9999, 20001).reshape(-1, 1, 1)

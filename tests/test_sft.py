@@ -12,7 +12,7 @@ from twinrl_bringup.dataset import DatasetError
 from twinrl_policy.checkpoint import file_sha256, load_checkpoint, load_policy
 from twinrl_policy.data import DemoPool, load_demo_pools, sample_indices
 from twinrl_policy.model import VisuomotorPolicy
-from twinrl_policy.sft import SFTTrainer, action_error, make_batch, state_path
+from twinrl_policy.sft import SFTTrainer, action_error, format_action_fit, make_batch, state_path
 
 TASK = "pick_and_place"
 
@@ -72,8 +72,45 @@ def test_sft_loss_goes_down_and_beats_the_untrained_policy(data, tmp_path):
         pred = policy.act(make_batch(policy, arr, 0)).numpy()
     assert np.corrcoef(pred[:, 0], arr["action"][:, 0])[0, 1] > 0.8
     assert np.mean(np.sign(pred[:, 6]) == arr["action"][:, 6]) > 0.9
+    # the per-dimension fit the trainer reports: dx and the gripper learned; it agrees with the
+    # correlation computed here, and a dimension the demos hold constant has none
+    fit = result.action_fit
+    assert set(fit) == {"x", "y", "z", "rx", "ry", "rz", "gripper"}
+    assert fit["x"]["corr"] > 0.8 and fit["gripper"]["corr"] > 0.8
+    assert fit["x"]["label_std"] > 0.0 and fit["x"]["mae"] < fit["x"]["label_std"]
+    print(format_action_fit(fit))
     assert ckpt.metadata["stage"] == "sft" and ckpt.metadata["step"] == 900 and result.sha256 == file_sha256(out)
     assert list((tmp_path / "policy_tb").glob("events.out.tfevents.*"))  # TensorBoard scalars
+
+
+def test_beta_nll_scales_each_dimension_by_its_std(data, tmp_path):
+    """beta-NLL: the gradient on the mean of a dimension is the plain NLL's times std^(2 beta),
+    so a dimension whose std has grown keeps learning its mean; the logged loss stays -log pi."""
+    grads = {}
+    for beta in (0.0, 0.5, 1.0):
+        torch.manual_seed(0)
+        tr = SFTTrainer(TASK, data, tmp_path / f"b{beta}.ckpt", tiny_model_config(),
+                        tiny_sft_config(nll_beta=beta, augment=False), progress=False, log=lambda s: None)
+        with torch.no_grad():
+            tr.policy.log_std_head.bias[5] = 1.5            # one wide dimension (like the yaw was)
+        torch.manual_seed(1)
+        batch, y, _ = tr._batch()
+        mean, log_std = tr.policy(batch)
+        mean.retain_grad()
+        tr.policy.forward = lambda b, _m=mean, _s=log_std: (_m, _s)   # reuse this graph
+        objective, loss = tr.objective(batch, y)
+        objective.backward()
+        grads[beta] = (mean.grad.clone(), log_std.exp().detach(), float(loss.detach()))
+    g0, std, loss0 = grads[0.0]
+    for beta in (0.5, 1.0):
+        g, _, loss = grads[beta]
+        assert torch.allclose(g, g0 * std.pow(2 * beta), rtol=1e-4, atol=1e-9)
+        assert loss == pytest.approx(loss0)                   # the figure that is logged
+    # the wide dimension's share of the mean gradient grows with beta
+    share = {b: float(grads[b][0][:, 5].abs().sum() / grads[b][0].abs().sum()) for b in grads}
+    assert share[0.0] < share[0.5] < share[1.0]
+    with pytest.raises(ValueError, match="nll_beta"):
+        tiny_sft_config(nll_beta=-0.1).validate()
 
 
 def test_interrupted_training_resumes_exactly(data, tmp_path, monkeypatch):

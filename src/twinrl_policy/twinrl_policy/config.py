@@ -120,8 +120,15 @@ class SFTConfig:
     twin_sources: list[str] = field(default_factory=lambda: ["twin"])
     success_only: bool = False         # train on successful episodes only
     skip_idle_steps: bool = False      # leave out steps that only wait (no motion, gripper unchanged)
+    # beta-NLL (Seitzer et al. 2022): each dimension's -log pi term is weighted by std^(2 beta)
+    # (no gradient through the weight). 0 is the plain NLL (L_IL), whose learned std can grow on
+    # a dimension that is hard to fit (the grasp yaw did) until its mean barely learns; 0.5
+    # scales the mean's gradient back up by std. The logged loss is always plain -log pi.
+    nll_beta: float = 0.0
 
     def validate(self) -> None:
+        if not 0.0 <= self.nll_beta <= 1.0 or not math.isfinite(self.nll_beta):
+            raise ValueError(f"nll_beta: must lie in [0, 1], got {self.nll_beta}")
         if not 0.0 <= self.alpha <= 1.0 or not math.isfinite(self.alpha):
             raise ValueError(f"alpha: must lie in [0, 1], got {self.alpha}")
         if self.steps < 1 or self.batch_size < 1:

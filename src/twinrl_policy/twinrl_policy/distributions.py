@@ -32,19 +32,24 @@ class TanhGaussian:
     def _log_tanh_jacobian(u: torch.Tensor) -> torch.Tensor:
         return 2.0 * (_LOG2 - u - F.softplus(-2.0 * u))
 
-    def _gaussian_log_prob(self, u: torch.Tensor) -> torch.Tensor:
+    def _gaussian_log_prob_dims(self, u: torch.Tensor) -> torch.Tensor:
         z = (u - self.mean) / self.std
-        return (-0.5 * z.pow(2) - self.log_std - _LOG_SQRT_2PI).sum(-1)
+        return -0.5 * z.pow(2) - self.log_std - _LOG_SQRT_2PI
 
     def log_prob_pre_tanh(self, u: torch.Tensor) -> torch.Tensor:
         """log p(tanh(u)) for pre-squash values u (exact; use with :meth:`rsample`)."""
-        return self._gaussian_log_prob(u) - self._log_tanh_jacobian(u).sum(-1)
+        return (self._gaussian_log_prob_dims(u) - self._log_tanh_jacobian(u)).sum(-1)
+
+    def log_prob_dims(self, y: torch.Tensor) -> torch.Tensor:
+        """Per-dimension terms of :meth:`log_prob` (shape (..., D); they sum to it): the
+        dimensions are independent, so each has its own log-density."""
+        lim = 1.0 - self.boundary_eps
+        u = torch.atanh(y.clamp(-lim, lim))
+        return self._gaussian_log_prob_dims(u) - self._log_tanh_jacobian(u)
 
     def log_prob(self, y: torch.Tensor) -> torch.Tensor:
         """log p(y) for squashed values y in [-1, 1] (shape (..., D) -> (...))."""
-        lim = 1.0 - self.boundary_eps
-        u = torch.atanh(y.clamp(-lim, lim))
-        return self.log_prob_pre_tanh(u)
+        return self.log_prob_dims(y).sum(-1)
 
     def rsample(self, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Reparameterised sample: (y, log p(y)); gradients flow to mean and log_std."""

@@ -15,6 +15,7 @@ Outputs, for ``out = policy.ckpt``:
 """
 from __future__ import annotations
 
+import math
 import os
 import random
 import time
@@ -52,6 +53,7 @@ class SFTResult:
     losses: list = field(default_factory=list)
     samples_per_second: float = float("nan")
     resumed_from: int = 0
+    action_fit: dict = field(default_factory=dict)   # per dimension, on training samples (action_fit)
 
 
 def make_batch(policy: VisuomotorPolicy, arrays: dict, task_index: int) -> dict:
@@ -78,6 +80,48 @@ def action_error(policy: VisuomotorPolicy, pool: DemoPool, task: str, max_sample
     y_pred = policy.to_normalized(pred)
     y_true = policy.to_normalized(torch.as_tensor(arrays["action"]))
     return float((y_pred - y_true).abs().mean())
+
+
+ACTION_NAMES = ("x", "y", "z", "rx", "ry", "rz", "gripper")
+
+
+@torch.no_grad()
+def action_fit(policy: VisuomotorPolicy, pool: DemoPool, task: str, max_samples: int = 512,
+               seed: int = 0) -> dict:
+    """Per action dimension, how well the deterministic action follows the demo actions on
+    (up to ``max_samples`` of) ``pool``: {name: {"label_std", "pred_std", "corr", "mae"}} in
+    environment units; ``corr`` is NaN for a dimension the demos hold constant. A dimension
+    with a spread in the labels but a correlation near 0 is one the policy did not learn."""
+    n = len(pool)
+    if n == 0:
+        return {}
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(n, size=min(n, max_samples), replace=False))
+    policy.eval()
+    out = {}
+    preds, labels = [], []
+    for start in range(0, len(idx), 128):
+        arrays = pool.batch(idx[start:start + 128])
+        preds.append(policy.act(make_batch(policy, arrays, policy.cfg.task_index(task))).numpy())
+        labels.append(np.asarray(arrays["action"], np.float64))
+    pred, label = np.concatenate(preds), np.concatenate(labels)
+    for j, name in enumerate(ACTION_NAMES):
+        ls, ps = float(label[:, j].std()), float(pred[:, j].std())
+        corr = float(np.corrcoef(label[:, j], pred[:, j])[0, 1]) if ls > 1e-6 and ps > 1e-12 else (
+            0.0 if ls > 1e-6 else float("nan"))
+        out[name] = {"label_std": ls, "pred_std": ps, "corr": corr,
+                     "mae": float(np.abs(label[:, j] - pred[:, j]).mean())}
+    return out
+
+
+def format_action_fit(fit: dict) -> str:
+    parts = []
+    for name, f in fit.items():
+        if math.isnan(f["corr"]):
+            continue
+        flag = " (not learned)" if f["corr"] < 0.5 else ""
+        parts.append(f"{name} {f['corr']:.2f}{flag}")
+    return "fit on training samples (corr of action and demo, per dimension): " + ", ".join(parts)
 
 
 class SFTTrainer:
@@ -170,12 +214,23 @@ class SFTTrainer:
         y = self.policy.to_normalized(torch.as_tensor(arrays["action"], dtype=torch.float32))
         return batch, y, len(ir) / cfg.batch_size
 
+    def objective(self, batch: dict, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(what the optimiser minimises, L_IL = -E log pi(y|s)): the beta-NLL weights each
+        dimension's term by its std^(2 beta), held constant for the gradient."""
+        dist = self.policy.distribution(batch)
+        log_prob = dist.log_prob_dims(y)                      # (B, 7)
+        loss = -log_prob.sum(-1).mean()
+        beta = self.cfg.nll_beta
+        if beta == 0:
+            return loss, loss
+        return -(dist.std.detach().pow(2.0 * beta) * log_prob).sum(-1).mean(), loss
+
     def train_step(self) -> tuple[float, float, float]:
         self.policy.train()
         batch, y, real_frac = self._batch()
-        loss = -self.policy.log_prob_normalized(batch, y).mean()
+        objective, loss = self.objective(batch, y)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        objective.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.grad_clip))
         self.optimizer.step()
         self.step += 1
@@ -239,6 +294,9 @@ class SFTTrainer:
                 writer.close()
         elapsed = time.perf_counter() - t0
         rate = (self.step - s0) * self.cfg.batch_size / elapsed if self.step > s0 else float("nan")
+        fit = action_fit(self.policy, self.real if len(self.real) else self.twin, self.task)
+        if fit:
+            self.log(format_action_fit(fit))
         return SFTResult(self.out, sha or file_sha256(self.out), self.step,
                          self.losses[-1] if self.losses else float("nan"), list(self.losses), rate,
-                         self.resumed_from)
+                         self.resumed_from, fit)
