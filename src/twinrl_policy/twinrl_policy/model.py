@@ -129,10 +129,6 @@ class VisuomotorPolicy(nn.Module):
         """log pi(a|s) of environment actions (B, 7) -> (B,)."""
         return self.distribution(batch).log_prob(self.to_normalized(action)) - self.log_scale
 
-    def log_prob_normalized(self, batch: dict, y: torch.Tensor) -> torch.Tensor:
-        """log pi(y|s) in the normalised action space (the SFT loss uses its negative)."""
-        return self.distribution(batch).log_prob(y)
-
     def sample(self, batch: dict, generator: torch.Generator | None = None):
         """Reparameterised environment actions (B, 7) and their log-probabilities (B,)."""
         y, logp = self.distribution(batch).rsample(generator)

@@ -107,8 +107,12 @@ def action_fit(policy: VisuomotorPolicy, pool: DemoPool, task: str, max_samples:
     pred, label = np.concatenate(preds), np.concatenate(labels)
     for j, name in enumerate(ACTION_NAMES):
         ls, ps = float(label[:, j].std()), float(pred[:, j].std())
-        corr = float(np.corrcoef(label[:, j], pred[:, j])[0, 1]) if ls > 1e-6 and ps > 1e-12 else (
-            0.0 if ls > 1e-6 else float("nan"))
+        if ls <= 1e-6:
+            corr = float("nan")          # the demos hold this dimension constant
+        elif ps <= 1e-12:
+            corr = 0.0                   # the policy holds it constant: nothing learned
+        else:
+            corr = float(np.corrcoef(label[:, j], pred[:, j])[0, 1])
         out[name] = {"label_std": ls, "pred_std": ps, "corr": corr,
                      "mae": float(np.abs(label[:, j] - pred[:, j]).mean())}
     return out
