@@ -152,6 +152,51 @@ def test_expert_episode_succeeds_and_is_recorded(tmp_path):
     assert ep.initial_configuration["cell_col"] == 2 and ep.region == "id"
 
 
+class FastSensorWorld(FakeWorld):
+    """Observations every ``period`` s (faster than the control rate); an action takes effect
+    at the first sensor tick after it was published; ``newer_than`` is honoured."""
+
+    def __init__(self, period):
+        super().__init__()
+        self.period = period
+        self.stamps = []
+
+    def wait_observation(self, newer_than, timeout):
+        if getattr(self, "fresh", False):
+            self.fresh = False
+            self.t += 0.01
+            return self._obs()
+        while True:
+            self.t += self.period
+            if self.topic:
+                self.tcp = self.tcp + np.asarray(self.topic[-1].action[:3])
+                self.topic = []
+            if self.t > newer_than:
+                self.steps += 1
+                self.stamps.append(self.t)
+                return self._obs()
+
+    def drain_actions(self):
+        return list(self.published[-1:])
+
+
+@pytest.mark.parametrize("pacing, interval", [(0.6, 0.1), (0.85, 0.1), (0.0, 0.05)])
+def test_fast_observations_do_not_speed_the_loop_up(tmp_path, pacing, interval):
+    """A 20 Hz sensor under 10 Hz control: the loop skips every other observation (pacing 0
+    steps on each one, the old behaviour)."""
+    world = FastSensorWorld(period=0.05)
+    out = runner(tmp_path, step_pacing=pacing).run(Goal(configuration=dict(CONFIG), controller="expert"), world)
+    assert out.success, out.message
+    gaps = np.diff(world.stamps)
+    np.testing.assert_allclose(gaps, interval, atol=1e-9)
+    assert out.step_rate_hz == pytest.approx(1.0 / interval)
+
+
+def test_step_pacing_is_validated():
+    with pytest.raises(ValueError, match="step_pacing must be in \\[0, 1\\], got 1.5"):
+        EpisodeManagerConfig(step_pacing=1.5).validate()
+
+
 def test_policy_episode_records_interventions_and_time_limit(tmp_path):
     def policy(obs, step):
         recs = [ActionRecord(np.array([0.0, 0.0, -0.001, 0, 0, 0, -1.0]), ACTION_SOURCE_POLICY, False, "v7", step)]

@@ -304,4 +304,6 @@ def test_operator_success_label_between_detector_statuses_ends_the_episode(graph
     _, res = run_goal(client, make_goal("policy", record=False, max_steps=200), proc, feedback=on_feedback)
     r = res.result
     assert r.success and r.message == "success", (r.message, proc.output()[-2000:])
-    assert 5 <= r.length <= 8 and r.episode_return == pytest.approx(1.0)
+    # without the label the episode runs to its 200-step limit; a loaded host may deliver the
+    # label a few control periods after it was sent
+    assert 5 <= r.length <= 15 and r.episode_return == pytest.approx(1.0)

@@ -54,10 +54,19 @@ class EpisodeManagerConfig:
     reset_settle_s: float = 0.05             # ignore observations arriving this soon after the reset
     record_images: bool = True
     sample_service_timeout_s: float = 0.5    # wait for the guidance service before sampling locally
+    # a step's next observation must arrive at least this fraction of a control period after the
+    # step began: observations faster than the control rate (a 30 Hz camera, a 20 Hz bridge) are
+    # skipped, so the loop runs at about control_rate_hz and each observation shows the previous
+    # action's effect. Margin both ways: with observations at the control rate the next one is
+    # taken unless it comes (1 - step_pacing) of a period early; 0 steps on every new observation.
+    # 0.6 suits sources at 1x or 2x the control rate; with 30 Hz cameras and 10 Hz control, 0.85.
+    step_pacing: float = 0.6
 
     def validate(self) -> None:
         if not self.control_rate_hz > 0:
             raise ValueError("control_rate_hz must be > 0")
+        if not 0.0 <= self.step_pacing <= 1.0:
+            raise ValueError(f"step_pacing must be in [0, 1], got {self.step_pacing}")
         if self.max_steps < 1:
             raise ValueError("max_steps must be >= 1")
         ds.source_id(self.world_source)
@@ -146,6 +155,7 @@ class EpisodeOutcome:
     episode_source: int = ds.SOURCE_REAL
     episode: Optional[ds.EpisodeData] = None
     cancelled: bool = False
+    step_rate_hz: float = 0.0          # measured control steps per second (observation stamps)
 
 
 # ----------------------------------------------------------------------------- interfaces
@@ -271,7 +281,9 @@ class EpisodeRunner:
         message = ""
         success = cancel = False
         missing = 0
+        min_interval = cfg.step_pacing / cfg.control_rate_hz
         for k in range(max_steps):
+            t_step = ports.now()
             if cancelled():
                 cancel = True
                 message = "cancelled"
@@ -285,7 +297,7 @@ class EpisodeRunner:
                 published = ActionRecord(a, ACTION_SOURCE_SCRIPTED, False, "", k, ports.now())
                 ports.publish_action(published)
 
-            nxt = ports.wait_observation(obs.stamp, cfg.observation_timeout_s)
+            nxt = ports.wait_observation(max(obs.stamp, t_step + min_interval), cfg.observation_timeout_s)
             if nxt is None:
                 # the step's outcome is unknown: it is not recorded
                 message = f"no observation for {cfg.observation_timeout_s:.1f} s at step {k}: episode stopped"
@@ -354,7 +366,13 @@ class EpisodeRunner:
             success=success, length=T, episode_return=float(np.sum(rewards)) if T else 0.0,
             episode_id=ep.episode_id if ep is not None else ds.new_episode_id(task), message=message,
             configuration=applied, storage_uri=storage_uri, num_interventions=int(np.sum(inters)) if T else 0,
-            policy_version=policy_version, episode_source=episode_source, episode=ep, cancelled=cancel)
+            policy_version=policy_version, episode_source=episode_source, episode=ep, cancelled=cancel,
+            step_rate_hz=self._rate(observations))
+
+    @staticmethod
+    def _rate(observations: list[StepObservation]) -> float:
+        span = observations[-1].stamp - observations[0].stamp
+        return (len(observations) - 1) / span if len(observations) > 1 and span > 0 else 0.0
 
     @staticmethod
     def _choose(seen: list[ActionRecord], published: Optional[ActionRecord]) -> Optional[ActionRecord]:

@@ -17,8 +17,10 @@ needs privileged sim state) or ``policy`` (the manager only watches the action t
 Observations come either as a bundle (``observation_topic``, twinrl_msgs/Observation) or, by
 default, assembled from fr3_bridge's topics: ``/joint_states`` (arm joints, plus finger
 joints when present for the gripper width), ``/twinrl/tcp_pose`` and the camera images
-(``image_topics``). Each new image of the first camera is one control step; without cameras
-a timer at ``control_rate_hz`` paces the steps.
+(``image_topics``). A new image of the first camera makes a new observation (without
+cameras a timer at ``control_rate_hz`` does); a control step takes the first observation that
+arrives at least ``step_pacing`` of a control period after the step began, so faster cameras
+do not speed the loop up past ``control_rate_hz``.
 
 Publishes feedback every step, the Episode summary on ``/twinrl/episodes`` and, with the
 expert, twinrl_msgs/Action on ``action_out_topic``. The arm is put in hold mode
@@ -413,6 +415,7 @@ PARAMS = {
     "config": "episode_manager",
     # overrides of the YAML configuration ("" / negative: keep the file's value)
     "task": "", "dataset_dir": "", "max_steps": -1, "control_rate_hz": -1.0, "world_source": "",
+    "step_pacing": -1.0,
     "action_topic": "/twinrl/action",
     "action_out_topic": "/twinrl/action",
     "status_topic": "/twinrl/task_status",
@@ -450,6 +453,8 @@ def load_node_config(p: dict) -> EpisodeManagerConfig:
         overrides.append(("max_steps", int(p["max_steps"])))
     if p["control_rate_hz"] > 0:
         overrides.append(("control_rate_hz", float(p["control_rate_hz"])))
+    if p["step_pacing"] >= 0:
+        overrides.append(("step_pacing", float(p["step_pacing"])))
     return load_config(resolve_config_path(p["config"]), EpisodeManagerConfig, overrides=overrides)
 
 
@@ -553,7 +558,8 @@ def main(argv=None) -> int:
         summary.policy_version = out.policy_version
         summary.storage_uri = out.storage_uri
         pub_episode.publish(summary)
-        log.info(f"episode {out.episode_id}: {out.message}, {out.length} steps, return {out.episode_return:.2f}"
+        log.info(f"episode {out.episode_id}: {out.message}, {out.length} steps at {out.step_rate_hz:.1f} Hz, "
+                 f"return {out.episode_return:.2f}"
                  + (f", written to {out.storage_uri}" if out.storage_uri else ""))
         if out.cancelled:
             goal_handle.canceled()
