@@ -9,8 +9,8 @@ import pytest
 from twinrl_bringup import dataset as ds
 from twinrl_bringup import transforms as tf
 from twinrl_twin.demogen.execute import execute_path, generate_candidate
-from twinrl_twin.demogen.keyframes import (extract_keyframes, grasp_in_object, load_seed_demo, map_keyframes,
-                                           place_in_target)
+from twinrl_twin.demogen.keyframes import (extract_keyframes, grasp_in_object, in_hand_xy, load_seed_demo,
+                                           map_keyframes, place_in_target)
 from twinrl_twin.demogen.path import (REJECT_COLLISION, REJECT_ERROR, REJECT_UNREACHABLE, Candidate,
                                       CandidateRejected, Rejection)
 from twinrl_twin.demogen.transfer import MAX_ROT, MAX_STEP, affine_map, affine_transfer
@@ -94,6 +94,32 @@ def test_keyframes_insertion_has_no_release():
     demo, kf = seed("insert_hexagon")
     assert [k.name for k in kf] == ["start", "approach", "grasp", "lift", "pre_place", "place"]
     assert kf[-1].index == demo.length and kf[-1].attached
+
+
+def test_in_hand_xy_is_where_the_sim_held_the_block():
+    """The object's in-hand x / y implied by an insertion demo's place keyframe agrees with where
+    the sim world's physics held it (read from the sim state at the end of the demo), better
+    than the twin's default (the grasp pose, centred along the closing axis)."""
+    from twinrl_twin.sim.env import make_env
+    from twinrl_twin.sim.record import record_episode
+
+    env = make_env("insert_hexagon", render=False)
+    try:
+        ep = record_episode(env, 0, "id", images=False)
+        assert ep.is_success
+        p_tcp, q_tcp = env.tcp_pose()
+        T_rel = tf.invert(tf.pose_to_matrix(p_tcp, q_tcp)) @ tf.pose7_to_matrix(env.task_obj.object_pose7())
+    finally:
+        env.close()
+    physical = T_rel[:2, 3]                    # still held: an insertion demo ends before the release
+    demo = load_seed_demo(ep)
+    kf = extract_keyframes(demo)
+    implied = in_hand_xy(demo, kf, "insert_hexagon")
+    default = tf.invert(grasp_in_object(demo, kf))[:2, 3]
+    default[1] = 0.0                           # the closing fingers centre it
+    assert np.linalg.norm(implied - physical) < 0.001, (implied, physical)
+    assert np.linalg.norm(implied - physical) < np.linalg.norm(default - physical), (implied, default, physical)
+    assert in_hand_xy(*seed("pick_and_place"), "pick_and_place") is None     # a plate is no fixture axis
 
 
 def test_load_seed_demo_from_file_and_errors(tmp_path):

@@ -114,6 +114,36 @@ def test_grasp_attach_and_release(twins):
     env.close()
 
 
+def test_in_hand_xy_option_places_the_grasped_object(twins):
+    """The reset option in_hand_xy: once grasped, the object sits at that x / y of the TCP frame
+    (instead of centred where the fingers met it); bad values are refused naming the option."""
+    from twinrl_bringup import transforms as tf
+    from twinrl_twin.twin_env import make_twin_env
+
+    env = make_twin_env(twins("pick_and_place"), render=False)
+    config = {"object_pose": [0.45, 0.05, 0.02, 0, 0, 0, 1]}
+    rels = {}
+    for xy in (None, (0.004, -0.002)):
+        opts = {"configuration": config} if xy is None else {"configuration": config, "in_hand_xy": list(xy)}
+        obs, info = env.reset(seed=0, options=opts)
+        expert = env.expert()
+        for _ in range(60):
+            obs, _, _, _, info = env.step(expert.act(obs, info))
+            if info["grasped"]:
+                break
+        assert info["grasped"]
+        T_rel = tf.invert(tf.pose7_to_matrix(obs["tcp_pose"])) @ tf.pose7_to_matrix(info["object_pose"])
+        rels[xy] = T_rel[:3, 3]
+    np.testing.assert_allclose(rels[(0.004, -0.002)][:2], [0.004, -0.002], atol=1e-6)
+    assert abs(rels[None][1]) < 1e-6                              # default: centred between the fingers
+    assert rels[(0.004, -0.002)][2] == pytest.approx(rels[None][2], abs=1e-6)
+    for bad, what in (([0.1, 0.0], "more than 0.02 m"), ([0.0], "2 finite values"),
+                      ([float("nan"), 0.0], "2 finite values"), ("x", "expected")):
+        with pytest.raises(ValueError, match=f"in_hand_xy: .*{what}"):
+            env.reset(seed=0, options={"configuration": config, "in_hand_xy": bad})
+    env.close()
+
+
 def test_insertion_needs_alignment(twins):
     from twinrl_bringup import transforms as tf
     from twinrl_twin.twin_env import make_twin_env

@@ -3,18 +3,19 @@
 Same interface as :class:`twinrl_twin.sim.env.SimEnv`: observation keys ``third_person``
 (256x256x3), ``wrist`` (128x128x3), ``proprio`` (22,), ``tcp_pose``, ``joint_positions``,
 ``joint_velocities``, ``gripper_width``; the 7-D action ``[dx, dy, dz, rx, ry, rz, gripper]``;
-``reset(seed, options={configuration|region|cell})``; ``step -> obs, reward, terminated,
-truncated, info`` with ``success`` and ``configuration``.
+``reset(seed, options={configuration|region|cell|in_hand_xy})``; ``step -> obs, reward,
+terminated, truncated, info`` with ``success`` and ``configuration``.
 
 No dynamics: the action passes the same safety envelope, the same damped-least-squares IK
 (on the sim's robot model, kinematics only: ``mj_kinematics``) gives the joint positions,
 and the arm is there at the end of the 0.1 s period. The fingers move at a fixed speed. The
 object is attached to the hand while grasped: when the fingers close and a slice of the
 object lies between the finger pads, narrower than the opening, the fingers stop at the
-object's width, the object is centred between them and follows the TCP. Opening releases it
-and it drops onto the surface under it (table, plate, fixture top, or the hole of an
-insertion fixture when its axis is within tolerance). A held object cannot go below that
-surface (it slips up in the hand). Success, reward and task state come from the sim's task
+object's width, the object is centred between them and follows the TCP (with the reset
+option ``in_hand_xy`` it sits at that x / y of the TCP frame instead: where a demonstration
+showed it held). Opening releases it and it drops onto the surface under it (table, plate,
+fixture top, or the hole of an insertion fixture when its axis is within tolerance). A held
+object cannot go below that surface (it slips up in the hand). Success, reward and task state come from the sim's task
 definitions (config/tasks/*.yaml, :mod:`twinrl_twin.sim.tasks`); the eraser wipes the cells
 under its footprint while its bottom is on the board.
 
@@ -100,6 +101,28 @@ def _camera_pose(cam) -> np.ndarray:
     return tf.make_transform(cam.position, tf.quat_from_wxyz(camera_quat_wxyz(cam)))
 
 
+
+MAX_IN_HAND_XY = 0.02      # m: farther from the TCP than this, an object is not between the pads
+
+
+def _in_hand_xy(value) -> Optional[np.ndarray]:
+    """The ``in_hand_xy`` reset option: None, or the held object's origin in the TCP frame's
+    x / y (m) to use when the next grasp forms, instead of where the fingers met it (centred
+    along the closing axis). A demonstration can show where the cell's physics leaves the
+    object in the hand (it slides a little along the pads as they close and lift)."""
+    if value is None:
+        return None
+    try:
+        xy = np.asarray(value, dtype=float).reshape(-1)
+    except (TypeError, ValueError):
+        raise ValueError(f"reset option in_hand_xy: expected [x, y] in metres, got {value!r}") from None
+    if xy.shape != (2,) or not np.all(np.isfinite(xy)):
+        raise ValueError(f"reset option in_hand_xy: expected 2 finite values [x, y] in metres, got {value!r}")
+    if float(np.max(np.abs(xy))) > MAX_IN_HAND_XY:
+        raise ValueError(f"reset option in_hand_xy: {xy.tolist()} m is more than {MAX_IN_HAND_XY} m from the TCP "
+                         f"(the object would not be between the finger pads)")
+    return xy
+
 class TwinEnv:
     """See module doc. Create with :func:`make_twin_env`."""
 
@@ -180,6 +203,7 @@ class TwinEnv:
         self._T_obj = np.eye(4)
         self._grasped = False
         self._T_tcp_obj = np.eye(4)
+        self._in_hand_xy: Optional[np.ndarray] = None
         self._steps = 0
         self._configuration: dict = {}
         self._last_safety: Optional[SafetyResult] = None
@@ -190,7 +214,9 @@ class TwinEnv:
     # -- episode -------------------------------------------------------------------------------
     def reset(self, seed: Optional[int] = None, options: Optional[dict] = None):
         self._check_open()
-        options, region, seed, rng, self._seed_rng = reset_arguments(options, seed, self._seed_rng)
+        options, region, seed, rng, self._seed_rng = reset_arguments(options, seed, self._seed_rng,
+                                                                     extra=("in_hand_xy",))
+        self._in_hand_xy = _in_hand_xy(options.get("in_hand_xy"))
         config = options.get("configuration")
         # the sim's configuration semantics (grid cells, regions, explicit poses)
         configuration = episode_configuration(self.task, self.task_obj, self.grid, config, rng, region,
@@ -347,6 +373,8 @@ class TwinEnv:
                 T_tcp = self._tcp_matrix()
                 T_rel = tf.invert(T_tcp) @ self._T_obj
                 T_rel[1, 3] -= (lo + hi) / 2                # the closing fingers centre the object
+                if self._in_hand_xy is not None:            # where a demonstration showed it held
+                    T_rel[:2, 3] = self._in_hand_xy
                 self._T_tcp_obj = T_rel
                 self._grasped = True
                 self._width = hi - lo

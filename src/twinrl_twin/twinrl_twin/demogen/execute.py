@@ -16,7 +16,7 @@ import numpy as np
 
 from twinrl_bringup import dataset as ds
 
-from .keyframes import map_keyframes
+from .keyframes import in_hand_xy, map_keyframes
 from .path import (REJECT_COLLISION, REJECT_ERROR, REJECT_TASK_FAILED, REJECT_UNREACHABLE, Candidate,
                    CandidateRejected, EEPath, Rejection)
 from .transfer import affine_transfer
@@ -34,8 +34,11 @@ def _obs_arrays(observations: list) -> dict:
 
 
 def execute_path(env, path: EEPath, configuration: dict, collision_check: Optional[Callable] = None,
-                 max_extra_steps: int = 10, method: str = "affine", seed_demo: str = "") -> ds.EpisodeData:
+                 max_extra_steps: int = 10, method: str = "affine", seed_demo: str = "",
+                 in_hand_xy=None) -> ds.EpisodeData:
     """Execute ``path`` in ``env`` (a twin env) from ``configuration``; see module doc.
+    ``in_hand_xy``: the twin's reset option of that name (where the object sits in the hand once
+    grasped; :func:`~.keyframes.in_hand_xy`), None for the twin's own grasp model.
 
     ``collision_check(env)`` returns the disallowed contact pairs ``[(geom_a, geom_b), ...]``
     of the current state (empty: fine). Raises ``CandidateRejected`` with
@@ -47,7 +50,10 @@ def execute_path(env, path: EEPath, configuration: dict, collision_check: Option
         raise ValueError("configuration: expected a dict with 'object_pose' [x, y, z, qx, qy, qz, qw]")
     if int(max_extra_steps) < 0:
         raise ValueError(f"max_extra_steps must be >= 0, got {max_extra_steps}")
-    obs, info = env.reset(options={"configuration": dict(configuration)})
+    options = {"configuration": dict(configuration)}
+    if in_hand_xy is not None:
+        options["in_hand_xy"] = [float(v) for v in np.asarray(in_hand_xy, float).reshape(-1)]
+    obs, info = env.reset(options=options)
     applied = env.configuration
     want = np.asarray(configuration["object_pose"], float).reshape(-1)[:3]
     got = np.asarray(applied["object_pose"], float)[:3]
@@ -121,10 +127,13 @@ def _path_in_workspace(env, path: EEPath) -> None:
 
 
 def generate_candidate(env, demo, keyframes, configuration: dict, method: str = "affine", planner=None,
-                       collision_check: Optional[Callable] = None, max_extra_steps: int = 10):
+                       collision_check: Optional[Callable] = None, max_extra_steps: int = 10,
+                       in_hand_from_demo: bool = True):
     """One candidate: map the keyframes to ``configuration``, build the path (``affine``:
     :func:`~.transfer.affine_transfer`; ``plan``: ``planner(env, demo, keyframes,
-    new_keyframes) -> EEPath``), execute it in ``env``. Returns a :class:`Candidate` or a
+    new_keyframes) -> EEPath``), execute it in ``env`` (with ``in_hand_from_demo``, holding the
+    object where the seed demo implies it was held: :func:`~.keyframes.in_hand_xy`). Returns a
+    :class:`Candidate` or a
     :class:`Rejection` (never raises for a candidate problem; unexpected exceptions become
     ``Rejection("error", repr)``). ValueError for an unknown method or ``plan`` without planner."""
     if method not in METHODS:
@@ -142,8 +151,9 @@ def generate_candidate(env, demo, keyframes, configuration: dict, method: str = 
             if not isinstance(path, EEPath):
                 raise CandidateRejected(REJECT_ERROR, f"planner returned {type(path).__name__}, not an EEPath")
         _path_in_workspace(env, path)
+        in_hand = in_hand_xy(demo, keyframes, env.task_obj) if in_hand_from_demo else None
         episode = execute_path(env, path, cfg, collision_check=collision_check, max_extra_steps=max_extra_steps,
-                               method=method, seed_demo=demo.episode_id)
+                               method=method, seed_demo=demo.episode_id, in_hand_xy=in_hand)
     except CandidateRejected as exc:
         rej = exc.rejection
         return Rejection(rej.reason, rej.detail, cfg)

@@ -52,6 +52,7 @@ class DemoGenConfig:
     max_attempts: int = 3
     settle_steps: int = 10
     render: bool = True
+    in_hand_from_demo: bool = True      # insertion tasks: hold the object in the twin where the seed demo implies
     planner: PlannerSettings = field(default_factory=PlannerSettings)
 
     def validate(self) -> None:
@@ -121,7 +122,8 @@ def _run_slot(slot: dict) -> dict:
         configuration = dict(env.configuration)
         result = generate_candidate(env, w["demo"], w["keyframes"], configuration, method=w["method"],
                                     planner=w["planner"], collision_check=w["checker"].check,
-                                    max_extra_steps=config.settle_steps)
+                                    max_extra_steps=config.settle_steps,
+                                    in_hand_from_demo=config.in_hand_from_demo)
         if isinstance(result, Candidate):
             ep = result.episode
             ep.extra = dict(ep.extra or {}, slot=slot["index"], attempt=len(attempts) + 1)

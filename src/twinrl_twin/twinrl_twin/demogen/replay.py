@@ -43,13 +43,17 @@ def _episode_paths(source) -> list[Path]:
 
 
 def replay_actions(env, configuration: dict, actions: np.ndarray, settle_steps: int = 10,
-                   record: bool = False) -> dict:
+                   record: bool = False, in_hand_xy=None) -> dict:
     """Reset ``env`` to ``configuration`` and apply ``actions`` open-loop. Returns success, the
-    step of the first success (or -1), and with ``record`` the observations/rewards/flags."""
+    step of the first success (or -1), and with ``record`` the observations/rewards/flags.
+    ``in_hand_xy``: the twin's reset option of that name (None: not passed)."""
     actions = np.asarray(actions, dtype=float).reshape(-1, 7)
     if not np.all(np.isfinite(actions)):
         raise ValueError("replay: the episode's actions contain non-finite values")
-    obs, info = env.reset(options={"configuration": configuration})
+    options = {"configuration": configuration}
+    if in_hand_xy is not None:
+        options["in_hand_xy"] = [float(v) for v in in_hand_xy]
+    obs, info = env.reset(options=options)
     observations, rewards, success = [obs], [], []
     first = -1
     noop = np.zeros(7)
@@ -70,6 +74,18 @@ def replay_actions(env, configuration: dict, actions: np.ndarray, settle_steps: 
     if record:
         out.update(observations=observations, rewards=rewards, success_flags=success)
     return out
+
+
+def _demo_in_hand_xy(episode, task_obj):
+    """Where a successful insertion demo implies the object was held (keyframes.in_hand_xy);
+    None for other tasks and for episodes that are no usable seed demo (failed, no grasp)."""
+    from .keyframes import extract_keyframes, in_hand_xy, load_seed_demo
+
+    try:
+        demo = load_seed_demo(episode)
+        return in_hand_xy(demo, extract_keyframes(demo), task_obj)
+    except ValueError:
+        return None
 
 
 # ----------------------------------------------------------------------------- twin -> sim transfer
@@ -156,7 +172,8 @@ def pair_demos(twin, demos, out, settle_steps: int = 0, camera_overrides: Option
             real = ds.load_episode(p, images=False)
             if real.task != env.task:
                 raise ValueError(f"{p}: a {real.task!r} episode, the twin is for {env.task!r}")
-            res = replay_actions(env, real.initial_configuration, real.actions, settle_steps, record=True)
+            res = replay_actions(env, real.initial_configuration, real.actions, settle_steps, record=True,
+                                 in_hand_xy=_demo_in_hand_xy(real, env.task_obj))
             T = len(res["rewards"])
             obs = {k: np.stack([o[k] for o in res["observations"]]) for k in ("proprio", *ds.IMAGE_KEYS)
                    if k in res["observations"][0]}

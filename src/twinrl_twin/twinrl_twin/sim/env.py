@@ -64,18 +64,20 @@ def camera_config(overrides) -> CamerasConfig:
     return from_dict(apply_overrides(data, items), CamerasConfig, f"{path} (with camera_overrides)")
 
 
-def reset_arguments(options: Optional[dict], seed: Optional[int], seed_rng):
+def reset_arguments(options: Optional[dict], seed: Optional[int], seed_rng, extra: tuple = ()):
     """Check ``reset(seed, options)`` arguments (shared by the sim world and the twin).
 
     Returns ``(options, region, seed, rng, seed_rng)``: a copy of the options, the region
     ("all" by default), the episode seed (drawn from ``seed_rng`` when None), the episode's
     generator and the env's seed generator (re-seeded when a seed is given, so that a seeded
-    reset makes every later unseeded reset reproducible too).
+    reset makes every later unseeded reset reproducible too). ``extra``: option names an env
+    accepts beyond configuration, region and cell.
     """
     options = dict(options or {})
-    unknown = set(options) - {"configuration", "region", "cell"}
+    known = ("configuration", "region", "cell", *extra)
+    unknown = set(options) - set(known)
     if unknown:
-        raise ValueError(f"unknown reset options {sorted(unknown)} (known: configuration, region, cell)")
+        raise ValueError(f"unknown reset options {sorted(unknown)} (known: {', '.join(known)})")
     region = options.get("region") or "all"
     if region not in REGIONS:
         raise ValueError(f"region must be one of {REGIONS}, got {region!r}")
