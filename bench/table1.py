@@ -110,6 +110,9 @@ def main() -> int:
                                                          "report mean and std over them")
     ap.add_argument("--root", type=Path, default=None, help="work directory (kept; reused by a second run)")
     ap.add_argument("--out", type=Path, default=None, help="results directory (default: ROOT/results)")
+    ap.add_argument("--set", action="append", default=[], metavar="model.KEY=V|sft.KEY=V",
+                    help="policy / SFT config override for every mix (e.g. sft.object_aux_weight=1.0); "
+                         "checkpoints of runs with overrides get their own names")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.seeds < 1:
@@ -157,6 +160,16 @@ def main() -> int:
     # 3. one SFT policy per mix, 4. grid evaluation in the sim world
     model_over = [f"third_person_size=[{size[0]},{size[0]}]", f"wrist_size=[{size[1]},{size[1]}]"]
     sft_over = [f"steps={args.steps}", f"batch_size={args.batch}"]
+    for item in args.set:
+        section, _, rest = item.partition(".")
+        if section not in ("model", "sft") or "=" not in rest:
+            ap.error(f"--set {item!r}: expected model.KEY=VALUE or sft.KEY=VALUE")
+        (model_over if section == "model" else sft_over).append(rest)
+    ckpt_tag = tag
+    if args.set:
+        import hashlib
+
+        ckpt_tag += "_" + hashlib.sha1("\n".join(sorted(args.set)).encode()).hexdigest()[:8]
     if args.alpha is not None:
         sft_over.append(f"alpha={args.alpha}")
     rows = []
@@ -174,7 +187,7 @@ def main() -> int:
         runs = []
         for k in range(args.seeds):              # one policy per training seed
             seed = args.seed + k
-            ckpt = root / f"sft_{mid}_{mood}_{tag}_{args.steps}_s{seed}.ckpt"
+            ckpt = root / f"sft_{mid}_{mood}_{ckpt_tag}_{args.steps}_s{seed}.ckpt"
             if ckpt.exists() and not same_model(ckpt, model_cfg):
                 print(f"{ckpt.name}: trained with another model config (or unreadable), training again",
                       file=sys.stderr)

@@ -97,7 +97,7 @@ def test_beta_nll_scales_each_dimension_by_its_std(data, tmp_path):
         batch, y, _ = tr._batch()
         mean, log_std = tr.policy(batch)
         mean.retain_grad()
-        tr.policy.forward = lambda b, _m=mean, _s=log_std: (_m, _s)   # reuse this graph
+        tr.policy.heads = lambda f, _m=mean, _s=log_std: (_m, _s)     # reuse this graph
         objective, loss = tr.objective(batch, y)
         objective.backward()
         grads[beta] = (mean.grad.clone(), log_std.exp().detach(), float(loss.detach()))
@@ -220,4 +220,75 @@ def test_pools_carry_the_commanded_target_rebuilt_from_each_episode(data):
     assert real.command.shape == (len(real), 7)
     np.testing.assert_allclose(real.command, want, atol=1e-6)
     assert np.abs(real.command[:, :3]).max() > 0      # not all zero: the rule data moves
-    assert set(real.batch(np.arange(3))) == {"third_person", "wrist", "proprio", "command", "action"}
+    assert set(real.batch(np.arange(3))) == {"third_person", "wrist", "proprio", "command", "action",
+                                             "object_pose", "object_valid"}
+
+
+def _bar_pool(n: int, seed: int) -> DemoPool:
+    """Images with a bar whose centre and heading are the object's (x, y, yaw); the first half
+    of the samples are labelled (before the grasp), the rest not."""
+    from policy_fixtures import TP, WR
+
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform([0.4, -0.2], [0.6, 0.2], (n, 2))
+    yaw = rng.uniform(-1.5, 1.5, n)
+    tp = rng.integers(0, 30, (n, *TP, 3), dtype=np.uint8)
+    s = np.linspace(-7, 7, 29)
+    for i in range(n):
+        cx = (xy[i, 0] - 0.4) / 0.2 * (TP[1] - 17) + 8
+        cy = (xy[i, 1] + 0.2) / 0.4 * (TP[0] - 17) + 8
+        for w in (-1, 0, 1):
+            px = np.round(cx + s * np.cos(yaw[i]) - w * np.sin(yaw[i])).astype(int)
+            py = np.round(cy + s * np.sin(yaw[i]) + w * np.cos(yaw[i])).astype(int)
+            tp[i, np.clip(py, 0, TP[0] - 1), np.clip(px, 0, TP[1] - 1)] = 255
+    wr = rng.integers(0, 30, (n, *WR, 3), dtype=np.uint8)
+    proprio = np.zeros((n, 22), np.float32)
+    proprio[:, 14:17] = (0.5, 0.0, 0.3)
+    proprio[:, 17:21] = (1.0, 0.0, 0.0, 0.0)
+    actions = np.zeros((n, 7), np.float32)
+    actions[:, 0] = 0.01 * np.sin(2 * yaw)
+    actions[:, 6] = -1.0
+    valid = np.arange(n) < n // 2
+    return DemoPool("real", tp, wr, proprio, actions, ["bars"],
+                    object_pose=np.column_stack([xy, yaw]).astype(np.float32), object_valid=valid)
+
+
+def test_object_labels_come_from_the_configuration_until_the_first_close():
+    from twinrl_policy.data import object_labels
+
+    acts = np.zeros((6, 7))
+    acts[:, 6] = [-1, -1, -1, 1, 1, -1]
+    q = [0.0, 0.0, np.sin(0.3), np.cos(0.3)]              # yaw 0.6
+    pose, valid = object_labels({"object_pose": [0.5, -0.1, 0.02, *q]}, acts)
+    assert valid.tolist() == [True, True, True, True, False, False]
+    np.testing.assert_allclose(pose[0], [0.5, -0.1, 0.6], atol=1e-6)
+    for cfg in (None, {}, {"object_pose": [0.5, 0.1]}, {"object_pose": [np.nan] * 7}):
+        assert not object_labels(cfg, acts)[1].any()
+
+
+def test_object_aux_loss_teaches_the_features_the_object_pose(tmp_path):
+    """sft.object_aux_weight: the object head learns the labelled samples' pose from the images
+    (yaw modulo a half turn); without the head the option is refused, and a policy without it
+    has no object parameters."""
+    real = _bar_pool(256, 0)
+    empty = DemoPool.empty("twin", tiny_model_config())
+    mcfg = tiny_model_config(object_head=True)
+    tr = SFTTrainer(TASK, [], tmp_path / "o.ckpt", mcfg, tiny_sft_config(steps=400, object_aux_weight=1.0,
+                                                                          augment=False),
+                    pools=(real, empty), progress=False, log=lambda s: None)
+    before = tr.object_fit()
+    assert before["samples"] == 128                          # only the labelled half
+    result = tr.train()
+    after = tr.object_fit()
+    print(before, after)
+    assert after["yaw_mae"] < 0.5 * before["yaw_mae"], (before, after)
+    assert after["xy_mae"] < 0.5 * before["xy_mae"], (before, after)
+    assert np.isfinite(tr.last_object_loss) and result.steps == 400
+    policy, _ = load_policy(tmp_path / "o.ckpt")              # the head is part of the checkpoint
+    assert policy.object_head is not None
+    with pytest.raises(ValueError, match="model.object_head: true"):
+        SFTTrainer(TASK, [], tmp_path / "x.ckpt", tiny_model_config(), tiny_sft_config(object_aux_weight=1.0),
+                   pools=(real, empty), progress=False, log=lambda s: None)
+    assert not any("object" in k for k in VisuomotorPolicy(tiny_model_config()).state_dict())
+    with pytest.raises(ValueError, match="object_aux_weight"):
+        tiny_sft_config(object_aux_weight=-1.0).validate()

@@ -63,6 +63,9 @@ class ModelConfig:
     log_std_max: float = 2.0
     init_log_std: float = -0.5
     backbone_options: dict[str, Any] = field(default_factory=dict)   # e.g. a local weights path
+    # auxiliary head on the backbone features predicting the object's pose before the grasp
+    # (x, y, sin k*yaw, cos k*yaw); SFT trains it when sft.object_aux_weight > 0
+    object_head: bool = False
 
     def validate(self) -> None:
         if not self.tasks:
@@ -125,10 +128,20 @@ class SFTConfig:
     # a dimension that is hard to fit (the grasp yaw did) until its mean barely learns; 0.5
     # scales the mean's gradient back up by std. The logged loss is always plain -log pi.
     nll_beta: float = 0.0
+    # auxiliary object-pose loss (needs model.object_head): until the gripper first closes the
+    # object lies where the episode's initial configuration put it, so every such step labels
+    # the images with its pose; weight of the squared error of (x, y standardised, sin k*yaw,
+    # cos k*yaw) next to L_IL. 0 = off
+    object_aux_weight: float = 0.0
+    object_yaw_harmonic: int = 2       # k: 2 for objects that look the same after a half turn
 
     def validate(self) -> None:
         if not 0.0 <= self.nll_beta <= 1.0 or not math.isfinite(self.nll_beta):
             raise ValueError(f"nll_beta: must lie in [0, 1], got {self.nll_beta}")
+        if not (self.object_aux_weight >= 0.0 and math.isfinite(self.object_aux_weight)):
+            raise ValueError(f"object_aux_weight: must be >= 0, got {self.object_aux_weight}")
+        if self.object_yaw_harmonic < 1:
+            raise ValueError(f"object_yaw_harmonic: must be >= 1, got {self.object_yaw_harmonic}")
         if not 0.0 <= self.alpha <= 1.0 or not math.isfinite(self.alpha):
             raise ValueError(f"alpha: must lie in [0, 1], got {self.alpha}")
         if self.steps < 1 or self.batch_size < 1:

@@ -21,7 +21,7 @@ from twinrl_bringup.safety import SafetyEnvelope, load_safety_config
 
 from .config import ModelConfig
 
-__all__ = ["DemoPool", "idle_steps", "load_demo_pools", "sample_indices"]
+__all__ = ["DemoPool", "idle_steps", "load_demo_pools", "object_labels", "sample_indices"]
 
 
 @dataclass
@@ -33,10 +33,18 @@ class DemoPool:
     action: np.ndarray                # (N, 7) float32
     episodes: list[str] = field(default_factory=list)
     command: Optional[np.ndarray] = None   # (N, 7) float32 commanded target (COMMAND_LAYOUT)
+    # the object's (x, y, yaw) in the base frame where it is known to lie still: from the
+    # episode's initial configuration, on the steps up to the first gripper close
+    object_pose: Optional[np.ndarray] = None    # (N, 3) float32
+    object_valid: Optional[np.ndarray] = None   # (N,) bool
 
     def __post_init__(self):
         if self.command is None:
             self.command = np.zeros((len(self.action), COMMAND_DIM), np.float32)
+        if self.object_pose is None:
+            self.object_pose = np.zeros((len(self.action), 3), np.float32)
+        if self.object_valid is None:
+            self.object_valid = np.zeros(len(self.action), bool)
 
     def __len__(self) -> int:
         return int(len(self.action))
@@ -49,7 +57,31 @@ class DemoPool:
 
     def batch(self, idx: np.ndarray) -> dict[str, np.ndarray]:
         return {"third_person": self.third_person[idx], "wrist": self.wrist[idx],
-                "proprio": self.proprio[idx], "command": self.command[idx], "action": self.action[idx]}
+                "proprio": self.proprio[idx], "command": self.command[idx], "action": self.action[idx],
+                "object_pose": self.object_pose[idx], "object_valid": self.object_valid[idx]}
+
+
+def object_labels(initial_configuration: Optional[dict], actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-step object (x, y, yaw) and validity of an episode: the initial configuration's object
+    pose on the steps up to and including the first gripper close command (the object has not
+    been touched yet), invalid after it and everywhere when the configuration has no pose."""
+    from twinrl_bringup.transforms import yaw_of
+
+    T = len(actions)
+    pose = np.zeros((T, 3), np.float32)
+    valid = np.zeros(T, bool)
+    o = (initial_configuration or {}).get("object_pose")
+    try:
+        o = np.asarray(o, dtype=float).reshape(-1)
+    except (TypeError, ValueError):
+        return pose, valid
+    if o.shape != (7,) or not np.all(np.isfinite(o)) or np.linalg.norm(o[3:]) < 1e-9:
+        return pose, valid
+    closes = np.flatnonzero(np.asarray(actions, dtype=float)[:, 6] > 0)
+    last = int(closes[0]) if len(closes) else T - 1
+    pose[:] = (o[0], o[1], yaw_of(o[3:] / np.linalg.norm(o[3:])))
+    valid[:last + 1] = True
+    return pose, valid
 
 
 def _check_images(path, obs: dict, cfg: ModelConfig) -> None:
@@ -70,7 +102,7 @@ def load_demo_pools(dirs: Sequence, task: str, cfg: ModelConfig, real_sources=("
     if not dirs:
         raise ValueError("no dataset directories given")
     cfg.task_index(task)  # the policy must know the task
-    keys = ("third_person", "wrist", "proprio", "command", "action")
+    keys = ("third_person", "wrist", "proprio", "command", "action", "object_pose", "object_valid")
     parts = {"real": {k: [] for k in keys}, "twin": {k: [] for k in keys}}
     ids = {"real": [], "twin": []}
     info = {"ignored_episodes": 0, "skipped_files": [], "idle_steps_skipped": 0}
@@ -101,6 +133,9 @@ def load_demo_pools(dirs: Sequence, task: str, cfg: ModelConfig, real_sources=("
         # the commanded target at each step, rebuilt from the start pose and the actions
         commands = episode_commands(ep.observations["proprio"], ep.actions, where=str(path), envelope=envelope)
         parts[pool]["command"].append(commands[:T][keep])
+        obj, valid = object_labels(ep.initial_configuration, ep.actions)
+        parts[pool]["object_pose"].append(obj[keep])
+        parts[pool]["object_valid"].append(valid[keep])
         ids[pool].append(ep.episode_id)
     pools = []
     for name in ("real", "twin"):
@@ -111,7 +146,9 @@ def load_demo_pools(dirs: Sequence, task: str, cfg: ModelConfig, real_sources=("
         pools.append(DemoPool(name, np.concatenate(p["third_person"]), np.concatenate(p["wrist"]),
                               np.concatenate(p["proprio"]).astype(np.float32),
                               np.concatenate(p["action"]).astype(np.float32), ids[name],
-                              command=np.concatenate(p["command"]).astype(np.float32)))
+                              command=np.concatenate(p["command"]).astype(np.float32),
+                              object_pose=np.concatenate(p["object_pose"]).astype(np.float32),
+                              object_valid=np.concatenate(p["object_valid"]).astype(bool)))
     if not len(pools[0]) and not len(pools[1]):
         raise ValueError(f"no usable episodes of task {task!r} in {', '.join(str(d) for d in dirs)}")
     info["real_steps"], info["twin_steps"] = len(pools[0]), len(pools[1])

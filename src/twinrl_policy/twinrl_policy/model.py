@@ -27,6 +27,8 @@ from torch import nn
 
 from .backbones import build_backbone
 from .config import ACTION_DIM, COMMAND_DIM, COMMAND_SCALE, PROPRIO_DIM, ModelConfig
+
+OBJECT_DIM = 4   # object head output: x, y (standardised), sin k*yaw, cos k*yaw
 from .distributions import TanhGaussian
 from .normalization import NormStats
 
@@ -55,6 +57,8 @@ class VisuomotorPolicy(nn.Module):
         self.trunk = nn.Sequential(*layers)
         self.mean_head = nn.Linear(dim, ACTION_DIM)
         self.log_std_head = nn.Linear(dim, ACTION_DIM)
+        # (x, y, sin k*yaw, cos k*yaw) of the object, an auxiliary training signal (cfg.object_head)
+        self.object_head = nn.Linear(self.backbone.feature_dim, OBJECT_DIM) if cfg.object_head else None
         with torch.no_grad():
             self.mean_head.weight.mul_(0.1)
             self.mean_head.bias.zero_()
@@ -97,18 +101,26 @@ class VisuomotorPolicy(nn.Module):
             if c.ndim != 2 or c.shape[-1] != COMMAND_DIM:
                 raise ValueError(f"command: expected (B, {COMMAND_DIM}), got {tuple(c.shape)}")
 
-    def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean, log_std) of the pre-tanh Gaussian, each (B, 7)."""
+    def features(self, batch: dict) -> torch.Tensor:
+        """The backbone's features (B, feature_dim) of a checked batch."""
         self._check(batch)
         inputs = dict(batch)
         proprio = (batch["proprio"].to(torch.float32) - self.proprio_mean) / self.proprio_std
         if self.cfg.command_input:
             proprio = torch.cat([proprio, batch["command"].to(torch.float32) / self.command_scale], dim=-1)
         inputs["proprio"] = proprio
-        h = self.trunk(self.backbone(inputs))
+        return self.backbone(inputs)
+
+    def heads(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, log_std) of the pre-tanh Gaussian from backbone features."""
+        h = self.trunk(features)
         mean = self.mean_head(h)
         log_std = self.log_std_head(h).clamp(self.cfg.log_std_min, self.cfg.log_std_max)
         return mean, log_std
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, log_std) of the pre-tanh Gaussian, each (B, 7)."""
+        return self.heads(self.features(batch))
 
     def distribution(self, batch: dict) -> TanhGaussian:
         return TanhGaussian(*self(batch))

@@ -33,6 +33,7 @@ from .augment import augment_images
 from .checkpoint import file_sha256, save_checkpoint
 from .config import ModelConfig, SFTConfig
 from .data import DemoPool, load_demo_pools, sample_indices
+from .distributions import TanhGaussian
 from .model import VisuomotorPolicy, images_to_tensor
 from .normalization import NormStats
 
@@ -118,6 +119,13 @@ def action_fit(policy: VisuomotorPolicy, pool: DemoPool, task: str, max_samples:
     return out
 
 
+def format_object_fit(fit: dict) -> str:
+    if not fit:
+        return "object head: no labelled samples"
+    return (f"object head on {fit['samples']} labelled training steps: x/y error {fit['xy_mae'] * 1000:.1f} mm, "
+            f"yaw error {math.degrees(fit['yaw_mae']):.1f} deg (labels' yaw std {math.degrees(fit['yaw_label_std']):.1f})")
+
+
 def format_action_fit(fit: dict) -> str:
     parts = []
     for name, f in fit.items():
@@ -191,6 +199,33 @@ class SFTTrainer:
             self.resumed_from = self.step
             log(f"resuming from {st} at step {self.step}")
         self.task_index = model_cfg.task_index(task)
+        self._setup_object_aux()
+
+    def _setup_object_aux(self) -> None:
+        """The auxiliary object-pose loss (sft.object_aux_weight): standardisation of the
+        labelled x / y over both pools; off (with a warning) when no step has a label."""
+        self.object_weight = float(self.cfg.object_aux_weight)
+        self.last_object_loss = float("nan")
+        self.object_xy = (np.zeros(2), np.ones(2))
+        if self.object_weight <= 0:
+            return
+        if self.policy.object_head is None:
+            raise ValueError("sft.object_aux_weight > 0 needs the object head: set model.object_head: true")
+        xy = np.concatenate([p.object_pose[p.object_valid, :2] for p in (self.real, self.twin)])
+        if len(xy) < 2:
+            self.log("warning: no demo step has an object pose label (initial_configuration.object_pose); "
+                     "sft.object_aux_weight ignored")
+            self.object_weight = 0.0
+            return
+        self.object_xy = (xy.mean(0), np.maximum(xy.std(0), 1e-3))
+        self.log(f"object-pose auxiliary loss on {len(xy)} labelled steps (weight {self.object_weight})")
+
+    def object_targets(self, object_pose: np.ndarray) -> np.ndarray:
+        """(N, 3) x, y, yaw -> (N, 4) head targets: standardised x, y, sin k*yaw, cos k*yaw."""
+        mean, std = self.object_xy
+        k = self.cfg.object_yaw_harmonic
+        yaw = object_pose[:, 2].astype(np.float64)
+        return np.column_stack([(object_pose[:, :2] - mean) / std, np.sin(k * yaw), np.cos(k * yaw)]).astype(np.float32)
 
     def _check_state(self, path: Path, state: dict) -> None:
         if not isinstance(state, dict) or "model" not in state or "step" not in state:
@@ -216,18 +251,53 @@ class SFTTrainer:
                 batch[key] = augment_images(batch[key], max(shift, 1) if cfg.shift_pixels > 0 else 0,
                                             cfg.brightness, cfg.contrast, cfg.saturation, self.generator)
         y = self.policy.to_normalized(torch.as_tensor(arrays["action"], dtype=torch.float32))
+        if self.object_weight > 0:
+            batch["object_target"] = torch.as_tensor(self.object_targets(arrays["object_pose"]))
+            batch["object_valid"] = torch.as_tensor(arrays["object_valid"], dtype=torch.bool)
         return batch, y, len(ir) / cfg.batch_size
 
     def objective(self, batch: dict, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(what the optimiser minimises, L_IL = -E log pi(y|s)): the beta-NLL weights each
-        dimension's term by its std^(2 beta), held constant for the gradient."""
-        dist = self.policy.distribution(batch)
+        dimension's term by its std^(2 beta), held constant for the gradient; with the object
+        loss, ``object_aux_weight`` times the mean squared error of the object head on the
+        labelled samples is added (``last_object_loss`` keeps its value)."""
+        features = self.policy.features(batch)
+        dist = TanhGaussian(*self.policy.heads(features))
         log_prob = dist.log_prob_dims(y)                      # (B, 7)
         loss = -log_prob.sum(-1).mean()
         beta = self.cfg.nll_beta
-        if beta == 0:
-            return loss, loss
-        return -(dist.std.detach().pow(2.0 * beta) * log_prob).sum(-1).mean(), loss
+        objective = loss if beta == 0 else -(dist.std.detach().pow(2.0 * beta) * log_prob).sum(-1).mean()
+        if self.object_weight > 0 and "object_target" in batch:
+            valid = batch["object_valid"]
+            if bool(valid.any()):
+                err = (self.policy.object_head(features[valid]) - batch["object_target"][valid]).pow(2).sum(-1).mean()
+                objective = objective + self.object_weight * err
+                self.last_object_loss = float(err.detach())
+        return objective, loss
+
+    @torch.no_grad()
+    def object_fit(self, max_samples: int = 512) -> dict:
+        """Object head on (up to ``max_samples``) labelled training steps: mean absolute x / y
+        error (m) and yaw error (rad, modulo the 2 pi / k symmetry)."""
+        pool = self.real if self.real.object_valid.any() else self.twin
+        idx = np.flatnonzero(pool.object_valid)
+        if self.policy.object_head is None or not len(idx):
+            return {}
+        idx = np.sort(np.random.default_rng(0).choice(idx, size=min(len(idx), max_samples), replace=False))
+        self.policy.eval()
+        preds = []
+        for start in range(0, len(idx), 128):
+            arrays = pool.batch(idx[start:start + 128])
+            preds.append(self.policy.object_head(self.policy.features(
+                make_batch(self.policy, arrays, self.task_index))).numpy())
+        pred = np.concatenate(preds).astype(np.float64)
+        label = pool.object_pose[idx].astype(np.float64)
+        mean, std = self.object_xy
+        k = self.cfg.object_yaw_harmonic
+        xy = pred[:, :2] * std + mean
+        dyaw = np.angle(np.exp(1j * (np.arctan2(pred[:, 2], pred[:, 3]) - k * label[:, 2]))) / k
+        return {"samples": int(len(idx)), "xy_mae": float(np.abs(xy - label[:, :2]).mean()),
+                "yaw_mae": float(np.abs(dyaw).mean()), "yaw_label_std": float(np.std(label[:, 2]))}
 
     def train_step(self) -> tuple[float, float, float]:
         self.policy.train()
@@ -283,6 +353,8 @@ class SFTTrainer:
                         writer.add_scalar("sft/real_fraction", real_frac, self.step)
                         writer.add_scalar("sft/samples_per_second", rate, self.step)
                         writer.add_scalar("sft/lr", self.optimizer.param_groups[0]["lr"], self.step)
+                        if self.object_weight > 0:
+                            writer.add_scalar("sft/loss_object", self.last_object_loss, self.step)
                 if self.step % self.cfg.save_every == 0 and self.step < total:
                     self.save()
             sha = self.save()
@@ -301,6 +373,8 @@ class SFTTrainer:
         fit = action_fit(self.policy, self.real if len(self.real) else self.twin, self.task)
         if fit:
             self.log(format_action_fit(fit))
+        if self.object_weight > 0:
+            self.log(format_object_fit(self.object_fit()))
         return SFTResult(self.out, sha or file_sha256(self.out), self.step,
                          self.losses[-1] if self.losses else float("nan"), list(self.losses), rate,
                          self.resumed_from, fit)
