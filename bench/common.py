@@ -36,9 +36,10 @@ def build_twin(task: str, root: Path) -> Path:
 
 def record_demos(task: str, out: Path, n: int, region: str = "id", seed: int = 0,
                  image_size: Optional[tuple[int, int]] = None, progress: bool = False,
-                 max_tries: Optional[int] = None) -> Path:
+                 max_tries: Optional[int] = None, post_success_steps: int = 0) -> Path:
     """``n`` successful scripted-expert episodes (seeds ``seed``, ``seed + 1``, ...) into ``out``;
-    an existing dataset there with ``n`` episodes is reused."""
+    an existing dataset there with ``n`` episodes is reused. ``post_success_steps``: see
+    ``twinrl_twin.sim.record.record_episode``."""
     from tqdm import tqdm
 
     from twinrl_bringup.dataset import Dataset, DatasetWriter
@@ -56,7 +57,7 @@ def record_demos(task: str, out: Path, n: int, region: str = "id", seed: int = 0
         bar = tqdm(total=n, initial=have, desc=f"expert demos {task} ({region})", unit="ep", disable=not progress)
         s = seed + have
         while have < n and s < seed + tries:
-            ep = record_episode(env, s, region)
+            ep = record_episode(env, s, region, post_success_steps=post_success_steps)
             s += 1
             if ep.is_success:
                 writer.write_episode(ep)

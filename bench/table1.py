@@ -110,6 +110,8 @@ def main() -> int:
                                                          "report mean and std over them")
     ap.add_argument("--root", type=Path, default=None, help="work directory (kept; reused by a second run)")
     ap.add_argument("--out", type=Path, default=None, help="results directory (default: ROOT/results)")
+    ap.add_argument("--post-success-steps", type=int, default=0, metavar="K",
+                    help="record the real demos K steps past the success (release, retreat)")
     ap.add_argument("--set", action="append", default=[], metavar="model.KEY=V|sft.KEY=V",
                     help="policy / SFT config override for every mix (e.g. sft.object_aux_weight=1.0); "
                          "checkpoints of runs with overrides get their own names")
@@ -133,8 +135,10 @@ def main() -> int:
     t_start = time.monotonic()
 
     # 1. "real" demos: scripted expert in the sim world, ID region
-    real = record_demos(args.task, root / f"real_{args.real}_{tag}_s{args.seed}", args.real, "id",
-                        seed=10_000 + args.seed, image_size=size, progress=progress)
+    post = f"_post{args.post_success_steps}" if args.post_success_steps else ""
+    real = record_demos(args.task, root / f"real_{args.real}_{tag}_s{args.seed}{post}", args.real, "id",
+                        seed=10_000 + args.seed, image_size=size, progress=progress,
+                        post_success_steps=args.post_success_steps)
     from twinrl_bringup.dataset import Dataset
     seed_demo = Dataset(real).path(0)
 
@@ -145,7 +149,7 @@ def main() -> int:
     pools = {"id": [], "ood": []}
     if n_id or n_ood:
         twin = build_twin(args.task, root)
-        twin_dir = root / f"twin_demos_{args.method}_{tag}_s{args.seed}"
+        twin_dir = root / f"twin_demos_{args.method}_{tag}_s{args.seed}{post}"
         pools = twin_pools(twin_dir) if twin_dir.exists() else pools
         if len(pools["id"]) < n_id or len(pools["ood"]) < n_ood:
             if twin_dir.exists():
@@ -165,7 +169,7 @@ def main() -> int:
         if section not in ("model", "sft") or "=" not in rest:
             ap.error(f"--set {item!r}: expected model.KEY=VALUE or sft.KEY=VALUE")
         (model_over if section == "model" else sft_over).append(rest)
-    ckpt_tag = tag
+    ckpt_tag = tag + post
     if args.set:
         import hashlib
 
@@ -181,7 +185,7 @@ def main() -> int:
             continue
         data = [real]
         if mid or mood:
-            data.append(subset(pools["id"][0].parent, root / f"mix_{mid}_{mood}_{tag}",
+            data.append(subset(pools["id"][0].parent, root / f"mix_{mid}_{mood}_{tag}{post}",
                                pools["id"][:mid] + pools["ood"][:mood]))
         model_cfg = load_model_config(None, model_over)
         runs = []

@@ -169,3 +169,27 @@ def test_command_observation_matches_the_commanded_path_rebuilt_from_actions(env
     np.testing.assert_allclose(episode_commands(np.array(P), np.array(A)), C, atol=1e-6)
     with pytest.raises(ValueError, match="proprio: expected"):
         episode_commands(np.array(P)[:-1], np.array(A))
+
+
+def test_record_post_success_steps_keep_the_release_and_retreat():
+    """`twinrl sim record --post-success-steps K`: the expert goes on K steps after the first
+    success (gripper open, then rising); the episode terminates at its last step only."""
+    from twinrl_twin.sim import make_env
+    from twinrl_twin.sim.record import record_episode
+
+    env = make_env("pick_and_place", render=False)
+    try:
+        base = record_episode(env, 3, "id", images=False)
+        more = record_episode(env, 3, "id", images=False, post_success_steps=4)
+        with pytest.raises(ValueError, match="post_success_steps must be >= 0"):
+            record_episode(env, 3, "id", images=False, post_success_steps=-1)
+    finally:
+        env.close()
+    assert base.is_success and base.terminated[-1] and base.length >= 10
+    assert more.length == base.length + 4
+    np.testing.assert_allclose(more.actions[:base.length], base.actions, atol=1e-9)   # same episode first
+    assert more.terminated.tolist() == [False] * (more.length - 1) + [True] and not more.truncated.any()
+    assert more.success[base.length - 1:].all()                  # the block stays on the plate
+    assert (more.actions[base.length - 1:, 6] < 0).all()          # the release is 5 steps now, not 1
+    # the expert waits for the fingers to open, then retreats upwards
+    assert np.allclose(more.actions[base.length:-1, :6], 0.0) and more.actions[-1, 2] > 0.02

@@ -21,8 +21,15 @@ from twinrl_bringup import dataset as ds
 
 
 def record_episode(env, seed: int, region: str, cell=None, max_steps: Optional[int] = None,
-                   images: bool = True) -> ds.EpisodeData:
-    """Run the env's scripted expert for one episode and return it as EpisodeData."""
+                   images: bool = True, post_success_steps: int = 0) -> ds.EpisodeData:
+    """Run the env's scripted expert for one episode and return it as EpisodeData.
+
+    ``post_success_steps``: keep recording the expert this many steps after the first success
+    (its release and retreat), for imitation data: an episode that ends at the success holds
+    the release in one step only. The episode then terminates at its last step; the success
+    flags and rewards after the first success are the env's."""
+    if int(post_success_steps) < 0:
+        raise ValueError(f"post_success_steps must be >= 0, got {post_success_steps}")
     options = {"region": region}
     if cell is not None:
         options["cell"] = cell
@@ -31,14 +38,21 @@ def record_episode(env, seed: int, region: str, cell=None, max_steps: Optional[i
     limit = int(max_steps or env.time_limit)
     observations = [obs]
     actions, rewards, terms, truncs, succs = [], [], [], [], []
+    extra = None                          # steps left after the first success
     for k in range(limit):
         a = np.asarray(expert.act(obs, info), dtype=np.float64)
         obs, reward, terminated, truncated, info = env.step(a)
+        if extra is None and terminated and info["success"] and post_success_steps:
+            extra = int(post_success_steps)
+        elif extra is not None:
+            extra -= 1
+        if extra is not None:
+            terminated, truncated = extra == 0, False
         truncated = bool(truncated or (k == limit - 1 and not terminated))
         observations.append(obs)
         actions.append(a)
         rewards.append(reward)
-        terms.append(terminated)
+        terms.append(bool(terminated))
         truncs.append(truncated)
         succs.append(bool(info["success"]))
         if terminated or truncated:
@@ -80,7 +94,7 @@ def run_record(args) -> int:
         bar = tqdm(range(args.episodes), desc=f"record {args.task} ({args.region})", unit="ep")
         for i in bar:
             ep = record_episode(env, args.seed + i, args.region, max_steps=args.max_steps,
-                                images=not args.no_images)
+                                images=not args.no_images, post_success_steps=args.post_success_steps)
             if ep.is_success or args.keep_failures:
                 writer.write_episode(ep)
                 written += 1
@@ -120,6 +134,9 @@ def add_record_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="episode i uses seed + i")
     p.add_argument("--max-steps", type=int, default=None, help="step limit (default: the task's time limit)")
     p.add_argument("--keep-failures", action="store_true", help="also write episodes the expert failed")
+    p.add_argument("--post-success-steps", type=int, default=0, metavar="K",
+                   help="keep recording the expert K steps after the success (release, retreat); "
+                        "imitation data then shows the release more than once")
     p.add_argument("--no-images", action="store_true", help="proprioception only (no rendering)")
     p.add_argument("--image-size", type=_image_size, default=None, metavar="THIRD,WRIST",
                    help="square image sizes, e.g. 128,64 (default: config/cameras.yaml)")
