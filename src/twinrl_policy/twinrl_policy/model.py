@@ -27,10 +27,10 @@ from torch import nn
 
 from .backbones import build_backbone
 from .config import ACTION_DIM, COMMAND_DIM, COMMAND_SCALE, PROPRIO_DIM, ModelConfig
-
-OBJECT_DIM = 4   # object head output: x, y (standardised), sin k*yaw, cos k*yaw
 from .distributions import TanhGaussian
 from .normalization import NormStats
+
+OBJECT_DIM = 4   # object head output: x, y (standardised), sin k*yaw, cos k*yaw
 
 __all__ = ["VisuomotorPolicy", "images_to_tensor", "non_finite_tensors"]
 

@@ -52,7 +52,7 @@ def execute_path(env, path: EEPath, configuration: dict, collision_check: Option
         raise ValueError(f"max_extra_steps must be >= 0, got {max_extra_steps}")
     options = {"configuration": dict(configuration)}
     if in_hand_xy is not None:
-        options["in_hand_xy"] = [float(v) for v in np.asarray(in_hand_xy, float).reshape(-1)]
+        options["in_hand_xy"] = in_hand_xy          # checked by the twin
     obs, info = env.reset(options=options)
     applied = env.configuration
     want = np.asarray(configuration["object_pose"], float).reshape(-1)[:3]

@@ -52,7 +52,7 @@ def replay_actions(env, configuration: dict, actions: np.ndarray, settle_steps: 
         raise ValueError("replay: the episode's actions contain non-finite values")
     options = {"configuration": configuration}
     if in_hand_xy is not None:
-        options["in_hand_xy"] = [float(v) for v in in_hand_xy]
+        options["in_hand_xy"] = in_hand_xy          # checked by the twin
     obs, info = env.reset(options=options)
     observations, rewards, success = [obs], [], []
     first = -1
