@@ -36,10 +36,11 @@ def build_twin(task: str, root: Path) -> Path:
 
 def record_demos(task: str, out: Path, n: int, region: str = "id", seed: int = 0,
                  image_size: Optional[tuple[int, int]] = None, progress: bool = False,
-                 max_tries: Optional[int] = None, post_success_steps: int = 0) -> Path:
+                 max_tries: Optional[int] = None, post_success_steps: int = 0,
+                 approach_error: float = 0.0, approach_yaw_error: float = 0.0) -> Path:
     """``n`` successful scripted-expert episodes (seeds ``seed``, ``seed + 1``, ...) into ``out``;
-    an existing dataset there with ``n`` episodes is reused. ``post_success_steps``: see
-    ``twinrl_twin.sim.record.record_episode``."""
+    an existing dataset there with ``n`` episodes is reused. ``post_success_steps``,
+    ``approach_error``, ``approach_yaw_error``: see ``twinrl_twin.sim.record.record_episode``."""
     from tqdm import tqdm
 
     from twinrl_bringup.dataset import Dataset, DatasetWriter
@@ -57,7 +58,8 @@ def record_demos(task: str, out: Path, n: int, region: str = "id", seed: int = 0
         bar = tqdm(total=n, initial=have, desc=f"expert demos {task} ({region})", unit="ep", disable=not progress)
         s = seed + have
         while have < n and s < seed + tries:
-            ep = record_episode(env, s, region, post_success_steps=post_success_steps)
+            ep = record_episode(env, s, region, post_success_steps=post_success_steps,
+                                approach_error=approach_error, approach_yaw_error=approach_yaw_error)
             s += 1
             if ep.is_success:
                 writer.write_episode(ep)

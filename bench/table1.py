@@ -112,6 +112,11 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None, help="results directory (default: ROOT/results)")
     ap.add_argument("--post-success-steps", type=int, default=0, metavar="K",
                     help="record the real demos K steps past the success (release, retreat)")
+    ap.add_argument("--approach-error", type=float, default=0.0, metavar="M",
+                    help="the real demos' expert first aims up to M metres off, then corrects "
+                         "(twinrl sim record --approach-error)")
+    ap.add_argument("--approach-yaw-error", type=float, default=0.0, metavar="RAD",
+                    help="same for the heading")
     ap.add_argument("--set", action="append", default=[], metavar="model.KEY=V|sft.KEY=V",
                     help="policy / SFT config override for every mix (e.g. sft.object_aux_weight=1.0); "
                          "checkpoints of runs with overrides get their own names")
@@ -136,9 +141,12 @@ def main() -> int:
 
     # 1. "real" demos: scripted expert in the sim world, ID region
     post = f"_post{args.post_success_steps}" if args.post_success_steps else ""
+    if args.approach_error or args.approach_yaw_error:
+        post += f"_ae{args.approach_error * 1000:g}mm{args.approach_yaw_error:g}rad"
     real = record_demos(args.task, root / f"real_{args.real}_{tag}_s{args.seed}{post}", args.real, "id",
                         seed=10_000 + args.seed, image_size=size, progress=progress,
-                        post_success_steps=args.post_success_steps)
+                        post_success_steps=args.post_success_steps, approach_error=args.approach_error,
+                        approach_yaw_error=args.approach_yaw_error)
     from twinrl_bringup.dataset import Dataset
     seed_demo = Dataset(real).path(0)
 

@@ -72,3 +72,52 @@ def test_grasped_object_does_not_slip_when_shaken():
     env.close()
     assert np.linalg.norm(after[:3, 3] - before[:3, 3]) < 0.003
     assert tf.quat_angle(tf.matrix_to_quat(after[:3, :3]), tf.matrix_to_quat(before[:3, :3])) < 0.05
+
+
+def test_approach_error_aims_off_then_corrects_and_still_succeeds():
+    """`twinrl sim record --approach-error`: the expert's first hover target is off by the drawn
+    offset (<= the radius), it then corrects ("align") before descending; the episode succeeds
+    and is reproducible from its seed. Without the option it never aligns."""
+    import numpy as np
+
+    from twinrl_twin.sim import make_env
+    from twinrl_twin.sim.expert import ScriptedExpert
+    from twinrl_twin.sim.record import record_episode
+
+    env = make_env("pick_and_place", render=False)
+    try:
+        obs, info = env.reset(seed=5)
+        expert = env.expert(approach_error=0.02, approach_yaw_error=0.2, rng=np.random.default_rng(1))
+        off = expert.approach_offset.copy()
+        assert 0.0 < np.linalg.norm(off) <= 0.02 and off[2] == 0.0 and 0 < abs(expert.approach_yaw) <= 0.2
+        phases, off_at_align, done = [], None, False
+        while not done and len(phases) < 150:
+            a = expert.act(obs, info)
+            if expert.phase == "align" and off_at_align is None:
+                o = env.task_obj.object_pose7()
+                off_at_align = env.target_pose[0][:2] - o[:2]       # where the first approach ended
+            phases.append(expert.phase)
+            obs, _, term, trunc, info = env.step(a)
+            done = term or trunc
+        assert info["success"] and "align" in phases
+        assert phases.index("align") < phases.index("descend")
+        np.testing.assert_allclose(off_at_align, off[:2], atol=0.002)
+        # a correction of that size is in the recorded actions: reproducible from the seed
+        a1 = record_episode(env, 7, "id", images=False, approach_error=0.02, approach_yaw_error=0.2)
+        a2 = record_episode(env, 7, "id", images=False, approach_error=0.02, approach_yaw_error=0.2)
+        plain = record_episode(env, 7, "id", images=False)
+        assert a1.is_success and plain.is_success
+        np.testing.assert_allclose(a1.actions, a2.actions)
+        assert a1.extra["approach_error"] == 0.02 and plain.extra["approach_error"] == 0.0
+        assert not np.allclose(a1.actions[:5], plain.actions[:5])
+        obs, info = env.reset(seed=7)
+        straight, seen = env.expert(), set()
+        for _ in range(25):
+            obs, *_rest, info = env.step(straight.act(obs, info))
+            seen.add(straight.phase)
+        assert "align" not in seen and "descend" in seen
+        for bad in ({"approach_error": -0.01}, {"approach_error": float("nan")}, {"approach_yaw_error": 1.0}):
+            with pytest.raises(ValueError, match=next(iter(bad))):
+                ScriptedExpert(env, **bad)
+    finally:
+        env.close()

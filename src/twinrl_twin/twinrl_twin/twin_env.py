@@ -518,11 +518,11 @@ class TwinEnv:
     def configuration(self) -> dict:
         return dict(self._configuration)
 
-    def expert(self):
+    def expert(self, **options):
         """The sim's scripted expert: it only needs poses, which the twin provides."""
         from .sim.expert import ScriptedExpert
 
-        return ScriptedExpert(self)
+        return ScriptedExpert(self, **options)
 
     def expert_action(self) -> np.ndarray:
         """The scripted expert's action for the latest observation (one expert per env, reset

@@ -396,10 +396,10 @@ class SimEnv:
     def configuration(self) -> dict:
         return dict(self._configuration)
 
-    def expert(self):
+    def expert(self, **options):
         from .expert import ScriptedExpert
 
-        return ScriptedExpert(self)
+        return ScriptedExpert(self, **options)
 
     def close(self) -> None:
         if self.rig is not None:

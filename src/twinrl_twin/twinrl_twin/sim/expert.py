@@ -6,6 +6,14 @@ phase machine serves every task: approach above the object, descend, close, lift
 object above its goal (using the measured in-hand pose of the object, so grasp offsets are
 corrected), lower onto / into the goal, release, retreat. ``erase_whiteboard`` replaces
 "release" by a wipe along the task's path with the eraser pressed on the board.
+
+``approach_error`` / ``approach_yaw_error`` make it approach like a person with a SpaceMouse:
+the first hover target is off by a random x/y offset (uniform in a disc of that radius, m) and
+a random heading error (uniform, +- rad); once there the expert corrects to the true hover pose
+(phase "align") before it descends. Its demos then hold corrections from states a learned
+policy actually reaches (off the object by its own localisation error), which error-free
+demos never show (the DART idea, Laskey et al. 2017, without a noise/label split: every
+recorded action is the executed one). 0 (the default) approaches straight.
 """
 from __future__ import annotations
 
@@ -32,12 +40,26 @@ class ScriptedExpert:
     hover = 0.09              # m above the grasp / goal before descending
     lift = 0.10               # m lift of the object above its goal height while carrying
 
-    def __init__(self, env):
+    def __init__(self, env, approach_error: float = 0.0, approach_yaw_error: float = 0.0,
+                 rng: Optional[np.random.Generator] = None):
+        for name, v in (("approach_error", approach_error), ("approach_yaw_error", approach_yaw_error)):
+            if not (math.isfinite(float(v)) and 0.0 <= float(v) <= (0.05 if name == "approach_error" else 0.5)):
+                raise ValueError(f"{name} must be in [0, {0.05 if name == 'approach_error' else 0.5}], got {v!r}")
         self.env = env
         self.task = env.task_obj
+        self.approach_error = float(approach_error)
+        self.approach_yaw_error = float(approach_yaw_error)
+        self.rng = rng if rng is not None else np.random.default_rng()
         self.reset()
 
     def reset(self) -> None:
+        self.approach_offset = np.zeros(3)
+        self.approach_yaw = 0.0
+        if self.approach_error > 0 or self.approach_yaw_error > 0:
+            r = self.approach_error * math.sqrt(self.rng.uniform())
+            phi = self.rng.uniform(-math.pi, math.pi)
+            self.approach_offset = np.array([r * math.cos(phi), r * math.sin(phi), 0.0])
+            self.approach_yaw = float(self.rng.uniform(-1.0, 1.0) * self.approach_yaw_error)
         self.phase = "above"
         self.phase_steps = 0
         self.grasp_yaw: Optional[float] = None
@@ -89,16 +111,23 @@ class ScriptedExpert:
         p_cmd, q_cmd = self.env.target_pose
         cur_yaw = tf.yaw_of(q_cmd)
 
-        if self.phase in ("above", "descend"):
+        if self.phase in ("above", "align", "descend"):
             yaw = nearest_equivalent(tf.yaw_of(o[3:]) + task.grasp_yaw_offset, cur_yaw, task.grasp_symmetry)
             self.grasp_yaw = yaw
             q = tcp_quat(yaw)
             grasp = o[:3] + np.array([0.0, 0.0, task.grasp_dz])
+            hover = grasp + np.array([0.0, 0.0, self.hover])
             if self.phase == "above":
-                target = grasp + np.array([0.0, 0.0, self.hover])
-                if self._reached(target, q, 0.01) or self.phase_steps > 40:
+                straight = not (self.approach_offset.any() or self.approach_yaw)
+                if not straight:       # aim off first (see the module doc), then align
+                    hover, q = hover + self.approach_offset, tcp_quat(yaw + self.approach_yaw)
+                if self._reached(hover, q, 0.01) or self.phase_steps > 40:
+                    self._next("descend" if straight else "align")
+                return self._goto(hover, q, -1.0)
+            if self.phase == "align":
+                if self._reached(hover, q, 0.004) or self.phase_steps > 20:
                     self._next("descend")
-                return self._goto(target, q, -1.0)
+                return self._goto(hover, q, -1.0, max_step=0.02)
             if self._reached(grasp, q, 0.004) or self.phase_steps > 25:
                 self._next("close")
             return self._goto(grasp, q, -1.0, max_step=0.03)

@@ -21,20 +21,24 @@ from twinrl_bringup import dataset as ds
 
 
 def record_episode(env, seed: int, region: str, cell=None, max_steps: Optional[int] = None,
-                   images: bool = True, post_success_steps: int = 0) -> ds.EpisodeData:
+                   images: bool = True, post_success_steps: int = 0, approach_error: float = 0.0,
+                   approach_yaw_error: float = 0.0) -> ds.EpisodeData:
     """Run the env's scripted expert for one episode and return it as EpisodeData.
 
     ``post_success_steps``: keep recording the expert this many steps after the first success
     (its release and retreat), for imitation data: an episode that ends at the success holds
     the release in one step only. The episode then terminates at its last step; the success
-    flags and rewards after the first success are the env's."""
+    flags and rewards after the first success are the env's. ``approach_error`` (m) /
+    ``approach_yaw_error`` (rad): the expert first aims off by a random offset and heading error
+    (drawn from the episode seed) and then corrects (:class:`.expert.ScriptedExpert`)."""
     if int(post_success_steps) < 0:
         raise ValueError(f"post_success_steps must be >= 0, got {post_success_steps}")
     options = {"region": region}
     if cell is not None:
         options["cell"] = cell
     obs, info = env.reset(seed=seed, options=options)
-    expert = env.expert()
+    expert = env.expert(approach_error=approach_error, approach_yaw_error=approach_yaw_error,
+                        rng=np.random.default_rng([int(seed), 0xE4]))
     limit = int(max_steps or env.time_limit)
     observations = [obs]
     actions, rewards, terms, truncs, succs = [], [], [], [], []
@@ -70,7 +74,9 @@ def record_episode(env, seed: int, region: str, cell=None, max_steps: Optional[i
         source=np.full(T, ds.SOURCE_DEMO, np.uint8), intervention=np.zeros(T, bool),
         episode_source=ds.SOURCE_DEMO, initial_configuration=dict(info["configuration"]),
         policy_version="", extra={"recorder": "twinrl sim record", "controller": "sim_expert", "seed": int(seed),
-                                  "perturbation": getattr(env, "perturbation", None)},
+                                  "perturbation": getattr(env, "perturbation", None),
+                                  "approach_error": float(approach_error),
+                                  "approach_yaw_error": float(approach_yaw_error)},
     )
 
 
@@ -94,7 +100,8 @@ def run_record(args) -> int:
         bar = tqdm(range(args.episodes), desc=f"record {args.task} ({args.region})", unit="ep")
         for i in bar:
             ep = record_episode(env, args.seed + i, args.region, max_steps=args.max_steps,
-                                images=not args.no_images, post_success_steps=args.post_success_steps)
+                                images=not args.no_images, post_success_steps=args.post_success_steps,
+                                approach_error=args.approach_error, approach_yaw_error=args.approach_yaw_error)
             if ep.is_success or args.keep_failures:
                 writer.write_episode(ep)
                 written += 1
@@ -137,6 +144,11 @@ def add_record_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--post-success-steps", type=int, default=0, metavar="K",
                    help="keep recording the expert K steps after the success (release, retreat); "
                         "imitation data then shows the release more than once")
+    p.add_argument("--approach-error", type=float, default=0.0, metavar="M",
+                   help="the expert first aims up to M metres off the object, then corrects (0..0.05); "
+                        "demos then show corrections")
+    p.add_argument("--approach-yaw-error", type=float, default=0.0, metavar="RAD",
+                   help="same for the gripper heading (0..0.5 rad)")
     p.add_argument("--no-images", action="store_true", help="proprioception only (no rendering)")
     p.add_argument("--image-size", type=_image_size, default=None, metavar="THIRD,WRIST",
                    help="square image sizes, e.g. 128,64 (default: config/cameras.yaml)")
