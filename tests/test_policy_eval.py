@@ -120,3 +120,75 @@ def test_eval_grid_cli_in_the_sim_world(ckpt, tmp_path, capsys):
     assert rc == 0 and "pick_and_place in sim (dark)" in out and "row 0:   -  " in out
     dark = json.loads((tmp_path / "eval" / "grid_pick_and_place_sim_dark.json").read_text())
     assert dark["perturbation"] == "dark" and sum(map(sum, dark["trials"])) == 8
+
+
+def _result(rates, world, policy="p.ckpt"):
+    from twinrl_policy.evaluation import GridResult
+
+    rows, cols = len(rates), len(rates[0])
+    region = [["id" if c == 1 else "ood" for c in range(cols)] for _ in range(rows)]
+    trials = [[0 if v is None else 4 for v in row] for row in rates]
+    succ = [[0 if v is None else int(round(4 * v)) for v in row] for row in rates]
+    return GridResult(task="pick_and_place", world=world, perturbation=None, policy=policy, policy_version=1,
+                      rows=rows, cols=cols, x_range=[0.3, 0.6], y_range=[-0.3, 0.3], region=region, trials=trials,
+                      successes=succ, success_rate=rates, id_success_rate=0.5, ood_success_rate=0.25,
+                      average_success_rate=0.3, rollouts_per_cell=4)
+
+
+def test_compare_grids_rank_correlation_and_plot(tmp_path):
+    from twinrl_policy.evaluation import compare_grids, load_grid_result, write_comparison
+
+    sim = _result([[0.0, 0.25, 0.5], [0.75, 1.0, None]], "sim")
+    same_order = _result([[0.25, 0.5, 0.75], [1.0, 1.0, 0.0]], "twin")      # monotone in sim's rates
+    reversed_ = _result([[1.0, 0.75, 0.5], [0.25, 0.0, 1.0]], "twin")
+    flat = _result([[0.5, 0.5, 0.5], [0.5, 0.5, 0.5]], "twin")
+    c = compare_grids(sim, same_order)
+    assert c["cells"] == 5 and c["spearman"] > 0.97 and c["worlds"] == ["sim", "twin"]
+    assert c["mean_abs_diff"] == pytest.approx((0.25 * 4 + 0.0) / 5)
+    assert compare_grids(sim, reversed_)["spearman"] < -0.97
+    assert np.isnan(compare_grids(sim, flat)["spearman"])         # constant: no ranking
+    png = write_comparison(sim, reversed_, tmp_path / "cmp.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "r.json").write_text(sim.to_json())
+    assert load_grid_result(tmp_path / "r.json").success_rate == sim.success_rate
+    (tmp_path / "bad.json").write_text('{"task": 1}')
+    with pytest.raises(ValueError, match="bad.json: not a grid evaluation result"):
+        load_grid_result(tmp_path / "bad.json")
+    other = _result([[0.0, 0.25], [0.75, 1.0]], "twin")
+    with pytest.raises(ValueError, match="grids differ"):
+        compare_grids(sim, other)
+
+
+@pytest.mark.slow
+def test_eval_grid_in_the_twin_and_the_comparison_with_the_sim(ckpt, tiny_twins, tmp_path, capsys):
+    """`twinrl eval grid --world sim twin --twin DIR`: both worlds' grids from the same seeded
+    starts (the twin's episodes run in the twin env: its configurations match the sim's), then
+    the rank-correlation comparison and its PNG."""
+    from twinrl_bringup.cli import main
+    from twinrl_policy.evaluation import twin_env_factory
+
+    twin = tiny_twins("pick_and_place")
+    out = tmp_path / "eval"
+    rc = main(["eval", "grid", "--policy", str(ckpt), "--world", "sim", "twin", "--twin", str(twin),
+               "--task", "pick_and_place", "--rollouts-per-cell", "1", "--region", "id", "--time-limit", "2",
+               "--out", str(out), "--json", "--no-progress"])
+    data = json.loads(capsys.readouterr().out)
+    assert rc == 0 and set(data["worlds"]) == {"sim", "twin"}
+    sim = json.loads((out / "grid_pick_and_place_sim.json").read_text())
+    tw = json.loads((out / "grid_pick_and_place_twin.json").read_text())
+    assert tw["world"] == "twin" and sum(map(sum, tw["trials"])) == 8
+    assert [e["seed"] for e in tw["episodes"]] == [e["seed"] for e in sim["episodes"]]
+    assert all(e["steps"] == 2 for e in tw["episodes"])
+    cmp = json.loads((out / "grid_pick_and_place_sim_vs_twin.json").read_text())
+    assert cmp["worlds"] == ["sim", "twin"] and cmp["cells"] == 8 and data["comparison"]["cells"] == 8
+    assert (out / "grid_pick_and_place_sim_vs_twin.png").stat().st_size > 1000
+    # bad requests name the problem
+    assert main(["eval", "grid", "--policy", str(ckpt), "--world", "twin", "--task", "pick_and_place",
+                 "--out", str(out)]) != 0
+    assert "--world twin needs --twin DIR" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="not a twin directory"):
+        twin_env_factory(tmp_path)
+    with pytest.raises(ValueError, match="twin of task 'pick_and_place', not 'insert_hexagon'"):
+        twin_env_factory(twin)("insert_hexagon", 0, {"third_person": (16, 16), "wrist": (16, 16)}, 1)
+    with pytest.raises(ValueError, match="perturbations belong to the sim world"):
+        evaluate_grid(ckpt, "pick_and_place", 1, world="twin", twin=twin, perturbation="dark", progress=False)

@@ -5,8 +5,9 @@
 demonstrations. Running the same command again after an interruption resumes from
 ``CKPT.state``; ``--no-resume`` starts over.
 
-``twinrl eval grid --policy CKPT --world sim --task T --rollouts-per-cell K --out DIR
-[--json]`` evaluates a policy over the task's workspace grid (twinrl_policy.evaluation).
+``twinrl eval grid --policy CKPT --world sim [twin --twin DIR] --task T --rollouts-per-cell K
+--out DIR [--json]`` evaluates a policy over the task's workspace grid (twinrl_policy.evaluation)
+and, with both worlds, compares their heatmaps.
 """
 from __future__ import annotations
 
@@ -82,30 +83,11 @@ def register_train(subparsers) -> None:
     sft.set_defaults(func=run_sft)
 
 
-def run_eval_grid(args) -> int:
-    import json
-    from pathlib import Path
-
-    from .evaluation import evaluate_grid, write_heatmap
-
-    result = evaluate_grid(args.policy, args.task, args.rollouts_per_cell, world=args.world, workers=args.workers,
-                           seed=args.seed, deterministic=not args.stochastic, time_limit=args.time_limit,
-                           region=args.region, progress=not args.no_progress, perturbation=args.perturbation)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"grid_{args.task}_{args.world}" + (f"_{args.perturbation}" if args.perturbation else "")
-    (out / f"{stem}.json").write_text(result.to_json())
-    png = write_heatmap(result, out / f"{stem}.png")
-    if args.json:
-        data = json.loads(result.to_json())
-        data.pop("episodes")
-        data["files"] = {"json": str(out / f"{stem}.json"), "heatmap": str(png)}
-        print(json.dumps(data, indent=2))
-        return 0
-
+def _print_grid(result, stem: str, out, png) -> None:
     def pct(v):
         return "n/a" if v != v else f"{100 * v:.1f}%"
-    print(f"{args.task} in {args.world}{' (' + args.perturbation + ')' if args.perturbation else ''}, policy v{result.policy_version}: ID {pct(result.id_success_rate)}, "
+    pert = f" ({result.perturbation})" if result.perturbation else ""
+    print(f"{result.task} in {result.world}{pert}, policy v{result.policy_version}: ID {pct(result.id_success_rate)}, "
           f"OOD {pct(result.ood_success_rate)}, average {pct(result.average_success_rate)} "
           f"({sum(map(sum, result.trials))} episodes)")
     print("success rate per cell (rows along x, * = ID):")
@@ -116,6 +98,58 @@ def run_eval_grid(args) -> int:
             cells.append(("  -  " if v is None else f"{v:5.2f}") + ("*" if result.region[r][c] == "id" else " "))
         print(f"  row {r}: " + " ".join(cells))
     print(f"results: {out / (stem + '.json')}\nheatmap: {png}")
+
+
+def run_eval_grid(args) -> int:
+    import json
+    from pathlib import Path
+
+    from .evaluation import compare_grids, evaluate_grid, load_grid_result, write_comparison, write_heatmap
+
+    worlds = list(dict.fromkeys(args.world))
+    if "twin" in worlds and not args.twin:
+        raise ValueError("--world twin needs --twin DIR (a twin built with `twinrl twin build`)")
+    if "twin" in worlds and args.perturbation:
+        raise ValueError(f"--perturbation {args.perturbation}: perturbations belong to the sim world, not the twin")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summaries = {}
+    for world in worlds:
+        result = evaluate_grid(args.policy, args.task, args.rollouts_per_cell, world=world, workers=args.workers,
+                               seed=args.seed, deterministic=not args.stochastic, time_limit=args.time_limit,
+                               region=args.region, progress=not args.no_progress, perturbation=args.perturbation,
+                               twin=args.twin)
+        stem = f"grid_{args.task}_{world}" + (f"_{args.perturbation}" if args.perturbation else "")
+        (out / f"{stem}.json").write_text(result.to_json())
+        png = write_heatmap(result, out / f"{stem}.png")
+        data = json.loads(result.to_json())
+        data.pop("episodes")
+        data["files"] = {"json": str(out / f"{stem}.json"), "heatmap": str(png)}
+        summaries[world] = data
+        if not args.json:
+            _print_grid(result, stem, out, png)
+
+    # twin vs sim (paper Fig. 13): whenever both worlds' results of this policy are in --out
+    comparison = None
+    files = [out / f"grid_{args.task}_{w}.json" for w in ("sim", "twin")]
+    if not args.perturbation and all(f.is_file() for f in files):
+        sim, twin = (load_grid_result(f) for f in files)
+        if sim.policy == twin.policy == str(args.policy):
+            comparison = compare_grids(sim, twin)
+            stem = f"grid_{args.task}_sim_vs_twin"
+            (out / f"{stem}.json").write_text(json.dumps(comparison, indent=2))
+            comparison["files"] = {"json": str(out / f"{stem}.json"),
+                                   "png": str(write_comparison(sim, twin, out / f"{stem}.png", comparison))}
+            if not args.json:
+                rho = comparison["spearman"]
+                print(f"sim vs twin: rank correlation of cell success {'n/a' if rho != rho else f'{rho:.2f}'} "
+                      f"over {comparison['cells']} cells, mean |difference| {comparison['mean_abs_diff']:.2f}\n"
+                      f"comparison: {comparison['files']['png']}")
+    if args.json:
+        data = summaries[worlds[0]] if len(worlds) == 1 else {"worlds": summaries}
+        if comparison is not None:
+            data["comparison"] = comparison
+        print(json.dumps(data, indent=2))
     return 0
 
 
@@ -125,7 +159,10 @@ def register_eval(subparsers) -> None:
     kinds.required = True
     g = kinds.add_parser("grid", help="success rate per cell of the task's workspace grid")
     g.add_argument("--policy", required=True, metavar="CKPT", help="policy checkpoint")
-    g.add_argument("--world", default="sim", help="world to evaluate in (sim)")
+    g.add_argument("--world", nargs="+", choices=("sim", "twin"), default=["sim"],
+                   help="world(s) to evaluate in; with both (here or in earlier runs into --out) the "
+                        "heatmaps are compared (grid_<task>_sim_vs_twin.json/png)")
+    g.add_argument("--twin", default=None, metavar="DIR", help="twin directory (twinrl twin build), for --world twin")
     g.add_argument("--task", required=True, help="task name")
     g.add_argument("--rollouts-per-cell", type=int, default=5, metavar="K", help="episodes per cell")
     g.add_argument("--out", required=True, metavar="DIR", help="directory for the JSON results and heatmap PNG")

@@ -9,11 +9,19 @@ sim world) the same grid measures robustness. Episodes run in ``workers`` proces
 own env and policy); ``workers=1`` runs them in this process.
 
 World ``sim`` is the MuJoCo sim world (``twinrl_twin.sim.make_env``), rendering its cameras
-at the policy's input sizes. Other worlds plug in through ``env_factory(task, seed,
-image_sizes, time_limit) -> env`` (same contract as :mod:`twinrl_policy.rollout`).
+at the policy's input sizes; world ``twin`` is a built digital twin (``twin=DIR``, the
+kinematic twin env of :mod:`twinrl_twin.twin_env`, rendered from the twin's own assets). Other
+worlds plug in through ``env_factory(task, seed, image_sizes, time_limit) -> env`` (same
+contract as :mod:`twinrl_policy.rollout`).
+
+:func:`compare_grids` compares two results of the same grid (the paper's twin-vs-real Fig. 13:
+does the twin find the same cells hard?): Spearman rank correlation of the per-cell success
+rates, their mean absolute difference and the ID / OOD rates of both;
+:func:`write_comparison` draws both heatmaps and their difference.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import multiprocessing as mp
@@ -25,7 +33,8 @@ from typing import Callable, Optional
 import numpy as np
 from tqdm import tqdm
 
-__all__ = ["GridResult", "evaluate_grid", "write_heatmap", "sim_env_factory", "WORLDS"]
+__all__ = ["GridResult", "evaluate_grid", "write_heatmap", "sim_env_factory", "twin_env_factory", "WORLDS",
+           "load_grid_result", "compare_grids", "write_comparison"]
 
 
 def sim_env_factory(task: str, seed: int, image_sizes: dict, time_limit: Optional[int],
@@ -38,6 +47,33 @@ def sim_env_factory(task: str, seed: int, image_sizes: dict, time_limit: Optiona
     task_over = [f"time_limit={int(time_limit)}"] if time_limit else []
     return make_env(task, render=True, seed=seed, perturbation=perturbation, camera_overrides=overrides,
                     task_overrides=task_over)
+
+
+def _twin_env(twin_dir: str, task: str, seed: int, image_sizes: dict, time_limit: Optional[int],
+              perturbation: Optional[str] = None):
+    from twinrl_twin.twin_env import make_twin_env
+
+    if perturbation:
+        raise ValueError(f"perturbation {perturbation!r}: perturbations belong to the sim world, not the twin")
+    overrides = {}
+    for cam, (h, w) in image_sizes.items():
+        overrides[f"{cam}.height"], overrides[f"{cam}.width"] = int(h), int(w)
+    task_over = [f"time_limit={int(time_limit)}"] if time_limit else []
+    env = make_twin_env(twin_dir, render=True, seed=seed, camera_overrides=overrides, task_overrides=task_over)
+    if env.task != task:
+        env.close()
+        raise ValueError(f"twin {twin_dir} is a twin of task {env.task!r}, not {task!r}")
+    return env
+
+
+def twin_env_factory(twin) -> Callable:
+    """Env factory of a built twin directory (``twinrl twin build``); picklable for workers."""
+    from twinrl_twin.twin_assets import TWIN_FILE
+
+    path = Path(twin)
+    if not (path / TWIN_FILE).is_file():
+        raise ValueError(f"twin {twin}: not a twin directory (no {TWIN_FILE}; build one with `twinrl twin build`)")
+    return functools.partial(_twin_env, str(path))
 
 
 WORLDS: dict[str, Callable] = {"sim": sim_env_factory}
@@ -107,6 +143,8 @@ def _job_seed(seed: int, row: int, col: int, k: int) -> int:
 
 
 def _grid_of(task: str, world: str, env_factory):
+    if world == "twin" and isinstance(env_factory, functools.partial) and env_factory.func is _twin_env:
+        world, env_factory = "sim", None         # the twin's grid is the task's (config/tasks/<task>.yaml)
     if env_factory is None and world == "sim":
         from twinrl_twin.sim.config import load_task_config
         from twinrl_twin.sim.grid import WorkspaceGrid
@@ -124,15 +162,23 @@ def _grid_of(task: str, world: str, env_factory):
 def evaluate_grid(checkpoint, task: str, rollouts_per_cell: int, world: str = "sim", workers: int = 1,
                   seed: int = 0, deterministic: bool = True, time_limit: Optional[int] = None,
                   region: str = "all", progress: bool = True, env_factory: Optional[Callable] = None,
-                  perturbation: Optional[str] = None) -> GridResult:
+                  perturbation: Optional[str] = None, twin=None) -> GridResult:
     """Evaluate ``checkpoint`` on every cell (see module doc). ``perturbation`` (robustness
-    evaluation, sim world: clutter, dark, dynamic_light) is passed to the env factory."""
+    evaluation, sim world: clutter, dark, dynamic_light) is passed to the env factory.
+    ``world="twin"`` needs ``twin``, the twin's directory."""
     from .checkpoint import load_checkpoint
 
     if rollouts_per_cell < 1:
         raise ValueError(f"rollouts_per_cell must be >= 1, got {rollouts_per_cell}")
+    if env_factory is None and world == "twin":
+        if twin is None:
+            raise ValueError("world 'twin' needs the twin's directory (twin=DIR, --twin DIR)")
+        if perturbation:
+            raise ValueError(f"perturbation {perturbation!r}: perturbations belong to the sim world, not the twin")
+        env_factory = twin_env_factory(twin)
     if env_factory is None and world not in WORLDS:
-        raise ValueError(f"world {world!r} is not available for grid evaluation (available: {', '.join(WORLDS)})")
+        raise ValueError(f"world {world!r} is not available for grid evaluation "
+                         f"(available: {', '.join(list(WORLDS) + ['twin'])})")
     ckpt = load_checkpoint(checkpoint)  # fail early, naming the file
     ckpt.model_config.task_index(task)
     grid = _grid_of(task, world, env_factory)
@@ -211,6 +257,87 @@ def write_heatmap(result: GridResult, path) -> Path:
                  f"ID {pct(result.id_success_rate)}  OOD {pct(result.ood_success_rate)}  "
                  f"avg {pct(result.average_success_rate)}  (ID cells outlined)", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="success rate")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# ----------------------------------------------------------------------------- comparison
+def load_grid_result(path) -> GridResult:
+    """A :class:`GridResult` from its JSON file (``to_json``); errors name the file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+        return GridResult(**data)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ValueError(f"{path}: not a grid evaluation result ({exc})") from None
+
+
+def _rates(result: GridResult) -> np.ndarray:
+    return np.array([[np.nan if v is None else float(v) for v in row] for row in result.success_rate], float)
+
+
+def compare_grids(a: GridResult, b: GridResult) -> dict:
+    """Per-cell agreement of two evaluations of one task's grid (e.g. sim/real vs twin):
+    ``spearman`` (rank correlation of the cells' success rates over the cells evaluated in
+    both; NaN when either is constant), ``mean_abs_diff``, the cell count and both worlds'
+    ID / OOD / average rates."""
+    from scipy.stats import spearmanr
+
+    if (a.task, a.rows, a.cols) != (b.task, b.rows, b.cols):
+        raise ValueError(f"grids differ: {a.task} {a.rows}x{a.cols} ({a.world}) vs {b.task} {b.rows}x{b.cols} ({b.world})")
+    ra, rb = _rates(a), _rates(b)
+    both = np.isfinite(ra) & np.isfinite(rb)
+    x, y = ra[both], rb[both]
+    rho = float("nan")
+    if len(x) >= 3 and np.ptp(x) > 0 and np.ptp(y) > 0:
+        rho = float(spearmanr(x, y).statistic)
+    return {"task": a.task, "worlds": [a.world, b.world], "policies": [a.policy, b.policy], "cells": int(both.sum()),
+            "spearman": rho, "mean_abs_diff": float(np.abs(x - y).mean()) if len(x) else float("nan"),
+            "id_success_rate": [a.id_success_rate, b.id_success_rate],
+            "ood_success_rate": [a.ood_success_rate, b.ood_success_rate],
+            "average_success_rate": [a.average_success_rate, b.average_success_rate]}
+
+
+def write_comparison(a: GridResult, b: GridResult, path, comparison: Optional[dict] = None) -> Path:
+    """Both heatmaps side by side and the difference (b - a) per cell, titled with the rank
+    correlation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    comparison = comparison or compare_grids(a, b)
+    ra, rb = _rates(a), _rates(b)
+
+    def f(v):
+        return "n/a" if v is None or not math.isfinite(v) else f"{v:.2f}"
+    fig, axes = plt.subplots(1, 3, figsize=(3 * (0.9 * a.cols + 1.6), 0.9 * a.rows + 1.8))
+    panels = [(ra, f"{a.world}: ID {f(a.id_success_rate)} OOD {f(a.ood_success_rate)}", "RdYlGn", 0.0, 1.0),
+              (rb, f"{b.world}: ID {f(b.id_success_rate)} OOD {f(b.ood_success_rate)}", "RdYlGn", 0.0, 1.0),
+              (rb - ra, f"{b.world} - {a.world}", "coolwarm", -1.0, 1.0)]
+    for ax, (m, title, cmap, lo, hi) in zip(axes, panels):
+        im = ax.imshow(m, vmin=lo, vmax=hi, cmap=cmap, origin="lower")
+        for r in range(a.rows):
+            for c in range(a.cols):
+                ax.text(c, r, "-" if not np.isfinite(m[r, c]) else f"{m[r, c]:.2f}", ha="center", va="center",
+                        fontsize=7)
+                if a.region[r][c] == "id":
+                    ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, lw=2, ec="navy"))
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks(range(a.cols))
+        ax.set_yticks(range(a.rows))
+        ax.set_xlabel("col (y)")
+        ax.set_ylabel("row (x)")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    rho = comparison["spearman"]
+    rho = None if rho is None else float(rho)
+    fig.suptitle(f"{a.task}: {a.world} vs {b.world}, cell rank correlation {f(rho)} over {comparison['cells']} cells",
+                 fontsize=10)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
