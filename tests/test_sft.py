@@ -113,8 +113,9 @@ def test_beta_nll_scales_each_dimension_by_its_std(data, tmp_path):
         tiny_sft_config(nll_beta=-0.1).validate()
 
 
-def test_interrupted_training_resumes_exactly(data, tmp_path, monkeypatch):
-    cfg = dict(steps=12, batch_size=8, save_every=4, log_every=4)
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_interrupted_training_resumes_exactly(data, tmp_path, monkeypatch, schedule):
+    cfg = dict(steps=12, batch_size=8, save_every=4, log_every=4, lr_schedule=schedule, warmup_steps=2)
     straight = SFTTrainer(TASK, data, tmp_path / "a.ckpt", tiny_model_config(), tiny_sft_config(**cfg),
                           progress=False, log=lambda s: None)
     straight.train()
@@ -144,6 +145,34 @@ def test_interrupted_training_resumes_exactly(data, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="training state is for task 'pick_and_place'"):
         SFTTrainer("erase_whiteboard", data, tmp_path / "b.ckpt", tiny_model_config(),
                    tiny_sft_config(**cfg), progress=False, log=lambda s: None)
+
+
+def test_cosine_learning_rate_schedule(data, tmp_path):
+    """sft.lr_schedule: cosine warms up linearly, then decays to lr_final_fraction at the last
+    step; the optimiser runs each step at the scheduled rate; constant stays put."""
+    cfg = tiny_sft_config(steps=20, batch_size=4, learning_rate=1e-3, lr_schedule="cosine", warmup_steps=4,
+                          lr_final_fraction=0.1)
+    tr = SFTTrainer(TASK, data, tmp_path / "c.ckpt", tiny_model_config(), cfg, progress=False, log=lambda s: None)
+    lrs = [tr.learning_rate_at(k) for k in range(20)]
+    assert lrs[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
+    assert lrs[4] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-4)
+    assert all(b < a for a, b in zip(lrs[4:], lrs[5:]))
+    seen = []
+    real_step = tr.optimizer.step
+
+    def record(*a, **k):
+        seen.append(tr.optimizer.param_groups[0]["lr"])
+        return real_step(*a, **k)
+    tr.optimizer.step = record
+    tr.train()
+    assert seen == pytest.approx(lrs)
+    flat = SFTTrainer(TASK, data, tmp_path / "d.ckpt", tiny_model_config(), tiny_sft_config(steps=5),
+                      progress=False, log=lambda s: None)
+    assert {flat.learning_rate_at(k) for k in range(5)} == {flat.cfg.learning_rate}
+    for bad, msg in ((dict(lr_schedule="step"), "lr_schedule"), (dict(warmup_steps=-1), "warmup_steps"),
+                     (dict(lr_final_fraction=1.5), "lr_final_fraction")):
+        with pytest.raises(ValueError, match=msg):
+            tiny_sft_config(**bad).validate()
 
 
 TINY_SET = ["model.third_person_size=[32,32]", "model.wrist_size=[16,16]",

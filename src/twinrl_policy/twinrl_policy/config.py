@@ -134,8 +134,20 @@ class SFTConfig:
     # cos k*yaw) next to L_IL. 0 = off
     object_aux_weight: float = 0.0
     object_yaw_harmonic: int = 2       # k: 2 for objects that look the same after a half turn
+    # learning-rate schedule over `steps`: "constant", or "cosine" (linear warm-up over
+    # warmup_steps, then a half cosine from learning_rate down to lr_final_fraction of it at the
+    # last step). A function of the step only, so a resumed run follows the same schedule.
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    lr_final_fraction: float = 0.05
 
     def validate(self) -> None:
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule: must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps: must be >= 0, got {self.warmup_steps}")
+        if not 0.0 <= self.lr_final_fraction <= 1.0 or not math.isfinite(self.lr_final_fraction):
+            raise ValueError(f"lr_final_fraction: must lie in [0, 1], got {self.lr_final_fraction}")
         if not 0.0 <= self.nll_beta <= 1.0 or not math.isfinite(self.nll_beta):
             raise ValueError(f"nll_beta: must lie in [0, 1], got {self.nll_beta}")
         if not (self.object_aux_weight >= 0.0 and math.isfinite(self.object_aux_weight)):

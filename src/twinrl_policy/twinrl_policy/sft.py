@@ -299,8 +299,22 @@ class SFTTrainer:
         return {"samples": int(len(idx)), "xy_mae": float(np.abs(xy - label[:, :2]).mean()),
                 "yaw_mae": float(np.abs(dyaw).mean()), "yaw_label_std": float(np.std(label[:, 2]))}
 
+    def learning_rate_at(self, step: int) -> float:
+        """The learning rate of step ``step`` (0-based) under ``sft.lr_schedule``."""
+        cfg, base = self.cfg, float(self.cfg.learning_rate)
+        if cfg.lr_schedule == "constant":
+            return base
+        if step < cfg.warmup_steps:
+            return base * (step + 1) / cfg.warmup_steps
+        span = max(cfg.steps - cfg.warmup_steps - 1, 1)
+        t = min(max(step - cfg.warmup_steps, 0) / span, 1.0)
+        final = cfg.lr_final_fraction
+        return base * (final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * t)))
+
     def train_step(self) -> tuple[float, float, float]:
         self.policy.train()
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate_at(self.step)
         batch, y, real_frac = self._batch()
         objective, loss = self.objective(batch, y)
         self.optimizer.zero_grad(set_to_none=True)
