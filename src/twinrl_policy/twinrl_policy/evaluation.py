@@ -37,14 +37,19 @@ __all__ = ["GridResult", "evaluate_grid", "write_heatmap", "sim_env_factory", "t
            "load_grid_result", "compare_grids", "write_comparison"]
 
 
+def _env_overrides(image_sizes: dict, time_limit: Optional[int]) -> tuple[dict, list]:
+    """Camera overrides for the policy's image sizes and the task override of the time limit."""
+    overrides = {}
+    for cam, (h, w) in image_sizes.items():
+        overrides[f"{cam}.height"], overrides[f"{cam}.width"] = int(h), int(w)
+    return overrides, ([f"time_limit={int(time_limit)}"] if time_limit else [])
+
+
 def sim_env_factory(task: str, seed: int, image_sizes: dict, time_limit: Optional[int],
                     perturbation: Optional[str] = None):
     from twinrl_twin.sim import make_env
 
-    overrides = {}
-    for cam, (h, w) in image_sizes.items():
-        overrides[f"{cam}.height"], overrides[f"{cam}.width"] = int(h), int(w)
-    task_over = [f"time_limit={int(time_limit)}"] if time_limit else []
+    overrides, task_over = _env_overrides(image_sizes, time_limit)
     return make_env(task, render=True, seed=seed, perturbation=perturbation, camera_overrides=overrides,
                     task_overrides=task_over)
 
@@ -55,10 +60,7 @@ def _twin_env(twin_dir: str, task: str, seed: int, image_sizes: dict, time_limit
 
     if perturbation:
         raise ValueError(f"perturbation {perturbation!r}: perturbations belong to the sim world, not the twin")
-    overrides = {}
-    for cam, (h, w) in image_sizes.items():
-        overrides[f"{cam}.height"], overrides[f"{cam}.width"] = int(h), int(w)
-    task_over = [f"time_limit={int(time_limit)}"] if time_limit else []
+    overrides, task_over = _env_overrides(image_sizes, time_limit)
     env = make_twin_env(twin_dir, render=True, seed=seed, camera_overrides=overrides, task_overrides=task_over)
     if env.task != task:
         env.close()
@@ -227,6 +229,17 @@ def evaluate_grid(checkpoint, task: str, rollouts_per_cell: int, world: str = "s
                       episodes=episodes)
 
 
+def _save_figure(fig, path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def write_heatmap(result: GridResult, path) -> Path:
     """Heatmap of the per-cell success rate (rows along x, cols along y), ID cells outlined."""
     import matplotlib
@@ -257,12 +270,7 @@ def write_heatmap(result: GridResult, path) -> Path:
                  f"ID {pct(result.id_success_rate)}  OOD {pct(result.ood_success_rate)}  "
                  f"avg {pct(result.average_success_rate)}  (ID cells outlined)", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="success rate")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- comparison
@@ -338,9 +346,4 @@ def write_comparison(a: GridResult, b: GridResult, path, comparison: Optional[di
     rho = None if rho is None else float(rho)
     fig.suptitle(f"{a.task}: {a.world} vs {b.world}, cell rank correlation {f(rho)} over {comparison['cells']} cells",
                  fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
