@@ -42,9 +42,9 @@ class ScriptedExpert:
 
     def __init__(self, env, approach_error: float = 0.0, approach_yaw_error: float = 0.0,
                  rng: Optional[np.random.Generator] = None):
-        for name, v in (("approach_error", approach_error), ("approach_yaw_error", approach_yaw_error)):
-            if not (math.isfinite(float(v)) and 0.0 <= float(v) <= (0.05 if name == "approach_error" else 0.5)):
-                raise ValueError(f"{name} must be in [0, {0.05 if name == 'approach_error' else 0.5}], got {v!r}")
+        for name, v, top in (("approach_error", approach_error, 0.05), ("approach_yaw_error", approach_yaw_error, 0.5)):
+            if not (math.isfinite(float(v)) and 0.0 <= float(v) <= top):
+                raise ValueError(f"{name} must be in [0, {top}], got {v!r}")
         self.env = env
         self.task = env.task_obj
         self.approach_error = float(approach_error)
