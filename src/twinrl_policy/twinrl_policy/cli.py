@@ -104,13 +104,12 @@ def run_eval_grid(args) -> int:
     import json
     from pathlib import Path
 
-    from .evaluation import compare_grids, evaluate_grid, load_grid_result, write_comparison, write_heatmap
+    from .evaluation import (check_world, compare_grids, evaluate_grid, load_grid_result, write_comparison,
+                             write_heatmap)
 
     worlds = list(dict.fromkeys(args.world))
-    if "twin" in worlds and not args.twin:
-        raise ValueError("--world twin needs --twin DIR (a twin built with `twinrl twin build`)")
-    if "twin" in worlds and args.perturbation:
-        raise ValueError(f"--perturbation {args.perturbation}: perturbations belong to the sim world, not the twin")
+    for world in worlds:        # every world's request checked before the first one runs
+        check_world(world, args.twin, args.perturbation)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summaries = {}
@@ -120,9 +119,10 @@ def run_eval_grid(args) -> int:
                                region=args.region, progress=not args.no_progress, perturbation=args.perturbation,
                                twin=args.twin)
         stem = f"grid_{args.task}_{world}" + (f"_{args.perturbation}" if args.perturbation else "")
-        (out / f"{stem}.json").write_text(result.to_json())
+        text = result.to_json()
+        (out / f"{stem}.json").write_text(text)
         png = write_heatmap(result, out / f"{stem}.png")
-        data = json.loads(result.to_json())
+        data = json.loads(text)
         data.pop("episodes")
         data["files"] = {"json": str(out / f"{stem}.json"), "heatmap": str(png)}
         summaries[world] = data

@@ -33,7 +33,7 @@ from typing import Callable, Optional
 import numpy as np
 from tqdm import tqdm
 
-__all__ = ["GridResult", "evaluate_grid", "write_heatmap", "sim_env_factory", "twin_env_factory", "WORLDS",
+__all__ = ["GridResult", "evaluate_grid", "check_world", "write_heatmap", "sim_env_factory", "twin_env_factory", "WORLDS",
            "load_grid_result", "compare_grids", "write_comparison"]
 
 
@@ -54,12 +54,9 @@ def sim_env_factory(task: str, seed: int, image_sizes: dict, time_limit: Optiona
                     task_overrides=task_over)
 
 
-def _twin_env(twin_dir: str, task: str, seed: int, image_sizes: dict, time_limit: Optional[int],
-              perturbation: Optional[str] = None):
+def _twin_env(twin_dir: str, task: str, seed: int, image_sizes: dict, time_limit: Optional[int]):
     from twinrl_twin.twin_env import make_twin_env
 
-    if perturbation:
-        raise ValueError(f"perturbation {perturbation!r}: perturbations belong to the sim world, not the twin")
     overrides, task_over = _env_overrides(image_sizes, time_limit)
     env = make_twin_env(twin_dir, render=True, seed=seed, camera_overrides=overrides, task_overrides=task_over)
     if env.task != task:
@@ -79,6 +76,20 @@ def twin_env_factory(twin) -> Callable:
 
 
 WORLDS: dict[str, Callable] = {"sim": sim_env_factory}
+
+
+def check_world(world: str, twin=None, perturbation: Optional[str] = None) -> None:
+    """Refuse a world request that cannot run: an unknown world, ``twin`` without its
+    directory, a perturbation outside the sim world."""
+    if world == "twin":
+        if twin is None:
+            raise ValueError("--world twin needs --twin DIR (evaluate_grid: twin=DIR), a twin built with "
+                             "`twinrl twin build`")
+        if perturbation:
+            raise ValueError(f"perturbation {perturbation!r}: perturbations belong to the sim world, not the twin")
+    elif world not in WORLDS:
+        raise ValueError(f"world {world!r} is not available for grid evaluation "
+                         f"(available: {', '.join(list(WORLDS) + ['twin'])})")
 
 
 @dataclass
@@ -145,9 +156,7 @@ def _job_seed(seed: int, row: int, col: int, k: int) -> int:
 
 
 def _grid_of(task: str, world: str, env_factory):
-    if world == "twin" and isinstance(env_factory, functools.partial) and env_factory.func is _twin_env:
-        world, env_factory = "sim", None         # the twin's grid is the task's (config/tasks/<task>.yaml)
-    if env_factory is None and world == "sim":
+    if env_factory is None and world in ("sim", "twin"):     # both use config/tasks/<task>.yaml's grid
         from twinrl_twin.sim.config import load_task_config
         from twinrl_twin.sim.grid import WorkspaceGrid
 
@@ -172,18 +181,13 @@ def evaluate_grid(checkpoint, task: str, rollouts_per_cell: int, world: str = "s
 
     if rollouts_per_cell < 1:
         raise ValueError(f"rollouts_per_cell must be >= 1, got {rollouts_per_cell}")
-    if env_factory is None and world == "twin":
-        if twin is None:
-            raise ValueError("world 'twin' needs the twin's directory (twin=DIR, --twin DIR)")
-        if perturbation:
-            raise ValueError(f"perturbation {perturbation!r}: perturbations belong to the sim world, not the twin")
-        env_factory = twin_env_factory(twin)
-    if env_factory is None and world not in WORLDS:
-        raise ValueError(f"world {world!r} is not available for grid evaluation "
-                         f"(available: {', '.join(list(WORLDS) + ['twin'])})")
+    if env_factory is None:
+        check_world(world, twin, perturbation)
     ckpt = load_checkpoint(checkpoint)  # fail early, naming the file
     ckpt.model_config.task_index(task)
     grid = _grid_of(task, world, env_factory)
+    if env_factory is None and world == "twin":
+        env_factory = twin_env_factory(twin)
     jobs = [(r, c, k, _job_seed(seed, r, c, k)) for r, c in grid.cells(region) for k in range(rollouts_per_cell)]
     args = (str(checkpoint), task, world, deterministic, time_limit, env_factory, perturbation)
     episodes = []
@@ -342,8 +346,6 @@ def write_comparison(a: GridResult, b: GridResult, path, comparison: Optional[di
         ax.set_xlabel("col (y)")
         ax.set_ylabel("row (x)")
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    rho = comparison["spearman"]
-    rho = None if rho is None else float(rho)
-    fig.suptitle(f"{a.task}: {a.world} vs {b.world}, cell rank correlation {f(rho)} over {comparison['cells']} cells",
-                 fontsize=10)
+    fig.suptitle(f"{a.task}: {a.world} vs {b.world}, cell rank correlation {f(comparison['spearman'])} over "
+                 f"{comparison['cells']} cells", fontsize=10)
     return _save_figure(fig, path)
