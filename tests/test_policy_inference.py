@@ -167,3 +167,36 @@ def test_runner_takes_the_commanded_target_when_the_policy_needs_it(tmp_path):
         runner.act(tp, wr, proprio, command=[0, 0, 0])
     save_checkpoint(tmp_path / "plain.ckpt", VisuomotorPolicy(tiny_model_config(tasks=["pick_and_place"])))
     assert not PolicyRunner(tmp_path / "plain.ckpt").needs_command
+
+
+def test_chunking_runner_ensembles_the_predictions_for_each_step(tmp_path):
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "c.ckpt", VisuomotorPolicy(tiny_model_config(action_chunk=3, tasks=["pick_and_place"])), version=1)
+    r = PolicyRunner(tmp_path / "c.ckpt")
+    chunks = [r.policy.act_chunk(_batch_of(r, *_obs(i)))[0].numpy().astype(np.float64) for i in range(4)]
+    got = [r.act(*_obs(i), step=i).action for i in range(4)]
+    assert np.allclose(got[0], chunks[0][0])                                   # only one plan yet
+    assert np.allclose(got[1], (chunks[0][1] + chunks[1][0]) / 2)
+    assert np.allclose(got[2], (chunks[0][2] + chunks[1][1] + chunks[2][0]) / 3)
+    assert np.allclose(got[3], (chunks[1][2] + chunks[2][1] + chunks[3][0]) / 3)   # chunk 0 has run out
+    # a new episode (step back to 0) or reset() forgets the old plans
+    assert np.allclose(r.act(*_obs(1), step=0).action, chunks[1][0])
+    r.reset()
+    assert np.allclose(r.act(*_obs(2)).action, chunks[2][0])
+    # the decay weighs a plan made k steps ago by exp(-decay k)
+    r.checkpoint.model_config.chunk_ensemble_decay = 1.0
+    r.reset()
+    r.act(*_obs(0))
+    w = np.exp(-1.0)
+    assert np.allclose(r.act(*_obs(1)).action, (chunks[1][0] + w * chunks[0][1]) / (1 + w))
+    # a corrupted network never gets a NaN into the plans or out of the runner
+    with torch.no_grad():
+        r.policy.mean_head.bias[7 + 2] = float("nan")                            # the second step only
+    with pytest.raises(NonFiniteActionError, match="non-finite action chunk"):
+        r.act(*_obs(3))
+
+
+def _batch_of(runner, tp, wr, p):
+    from twinrl_policy.model import images_to_tensor
+    return {"third_person": images_to_tensor(tp), "wrist": images_to_tensor(wr),
+            "proprio": torch.from_numpy(p).unsqueeze(0), "task": torch.tensor([0])}

@@ -191,3 +191,26 @@ def test_command_input_is_required_checked_and_used():
     plain = VisuomotorPolicy(tiny_model_config(command_input=False))
     plain.eval()
     assert torch.allclose(plain.mode(b), plain.mode(b2))
+
+
+def test_action_chunk_head_predicts_the_next_actions_and_the_actor_is_the_first():
+    policy = VisuomotorPolicy(tiny_model_config(action_chunk=4))
+    b = _batch(policy, n=5)
+    feats = policy.features(b)
+    mean, log_std = policy.chunk_heads(feats)
+    assert mean.shape == log_std.shape == (5, 4, 7)
+    first_mean, first_log_std = policy.heads(feats)
+    assert torch.equal(first_mean, mean[:, 0]) and torch.equal(first_log_std, log_std[:, 0])
+    chunk = policy.act_chunk(b)
+    assert chunk.shape == (5, 4, 7)
+    assert torch.allclose(chunk[:, 0], policy.act(b))                 # deterministic: the same action
+    assert not torch.allclose(chunk[:, 0], chunk[:, 1])               # later steps have their own outputs
+    assert torch.all(chunk.abs() <= torch.as_tensor(ACTION_LIMITS) + 1e-6)
+    a, logp = policy.sample(b)                                         # the actor: the current action
+    assert a.shape == (5, 7) and logp.shape == (5,)
+    # one action per observation keeps the old parameter shapes (older checkpoints load)
+    assert VisuomotorPolicy(tiny_model_config()).mean_head.weight.shape[0] == 7
+    for bad, match in (({"action_chunk": 0}, "action_chunk"), ({"chunk_ensemble_decay": float("nan")},
+                                                                 "chunk_ensemble_decay")):
+        with pytest.raises(ValueError, match=match):
+            tiny_model_config(**bad).validate()

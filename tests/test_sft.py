@@ -97,7 +97,7 @@ def test_beta_nll_scales_each_dimension_by_its_std(data, tmp_path):
         batch, y, _ = tr._batch()
         mean, log_std = tr.policy(batch)
         mean.retain_grad()
-        tr.policy.heads = lambda f, _m=mean, _s=log_std: (_m, _s)     # reuse this graph
+        tr.policy.chunk_heads = lambda f, _m=mean, _s=log_std: (_m[:, None], _s[:, None])   # reuse this graph
         objective, loss = tr.objective(batch, y)
         objective.backward()
         grads[beta] = (mean.grad.clone(), log_std.exp().detach(), float(loss.detach()))
@@ -113,14 +113,15 @@ def test_beta_nll_scales_each_dimension_by_its_std(data, tmp_path):
         tiny_sft_config(nll_beta=-0.1).validate()
 
 
-@pytest.mark.parametrize("schedule", ["constant", "cosine"])
-def test_interrupted_training_resumes_exactly(data, tmp_path, monkeypatch, schedule):
+@pytest.mark.parametrize("schedule,chunk", [("constant", 1), ("cosine", 1), ("cosine", 3)])
+def test_interrupted_training_resumes_exactly(data, tmp_path, monkeypatch, schedule, chunk):
     cfg = dict(steps=12, batch_size=8, save_every=4, log_every=4, lr_schedule=schedule, warmup_steps=2)
-    straight = SFTTrainer(TASK, data, tmp_path / "a.ckpt", tiny_model_config(), tiny_sft_config(**cfg),
+    model = tiny_model_config(action_chunk=chunk)
+    straight = SFTTrainer(TASK, data, tmp_path / "a.ckpt", model, tiny_sft_config(**cfg),
                           progress=False, log=lambda s: None)
     straight.train()
 
-    first = SFTTrainer(TASK, data, tmp_path / "b.ckpt", tiny_model_config(), tiny_sft_config(**cfg),
+    first = SFTTrainer(TASK, data, tmp_path / "b.ckpt", model, tiny_sft_config(**cfg),
                        progress=False, log=lambda s: None)
     real_step = first.train_step
 
@@ -133,7 +134,7 @@ def test_interrupted_training_resumes_exactly(data, tmp_path, monkeypatch, sched
         first.train()
     assert torch.load(state_path(tmp_path / "b.ckpt"), weights_only=False)["step"] == 7
     logs = []
-    resumed = SFTTrainer(TASK, data, tmp_path / "b.ckpt", tiny_model_config(), tiny_sft_config(**cfg),
+    resumed = SFTTrainer(TASK, data, tmp_path / "b.ckpt", model, tiny_sft_config(**cfg),
                          progress=False, log=logs.append)
     assert resumed.step == 7 and any("resuming" in m for m in logs)
     result = resumed.train()
@@ -143,7 +144,7 @@ def test_interrupted_training_resumes_exactly(data, tmp_path, monkeypatch, sched
     assert np.allclose(straight.losses, resumed.losses)
     # a state from another task is refused
     with pytest.raises(ValueError, match="training state is for task 'pick_and_place'"):
-        SFTTrainer("erase_whiteboard", data, tmp_path / "b.ckpt", tiny_model_config(),
+        SFTTrainer("erase_whiteboard", data, tmp_path / "b.ckpt", model,
                    tiny_sft_config(**cfg), progress=False, log=lambda s: None)
 
 
@@ -321,3 +322,38 @@ def test_object_aux_loss_teaches_the_features_the_object_pose(tmp_path):
     assert not any("object" in k for k in VisuomotorPolicy(tiny_model_config()).state_dict())
     with pytest.raises(ValueError, match="object_aux_weight"):
         tiny_sft_config(object_aux_weight=-1.0).validate()
+
+
+def test_action_chunks_stay_within_their_episode(data):
+    real, twin, _ = load_demo_pools(data, TASK, tiny_model_config(), progress=False)
+    for pool in (real, twin):              # 4 episodes of 30 steps each
+        assert pool.episode_end.tolist() == [e for e in (29, 59, 89, 119) for _ in range(30)]
+    actions, valid = real.action_chunk(np.array([28, 30, 119]), 4)
+    assert actions.shape == (3, 4, 7) and valid.shape == (3, 4)
+    assert valid.tolist() == [[True, True, False, False], [True] * 4, [True, False, False, False]]
+    assert np.array_equal(actions[0], real.action[[28, 29, 29, 29]])       # padded with the episode's last
+    assert np.array_equal(actions[1], real.action[30:34])
+    assert np.array_equal(actions[2], real.action[[119] * 4])
+
+
+def test_chunk_objective_fits_every_existing_step_and_ignores_padding(data, tmp_path):
+    tr = SFTTrainer(TASK, data, tmp_path / "c.ckpt", tiny_model_config(action_chunk=3),
+                    tiny_sft_config(augment=False, batch_size=16), progress=False, log=lambda s: None)
+    batch, y, _ = tr._batch()
+    assert y.shape == (16, 3, 7) and batch["action_valid"].shape == (16, 3)
+    batch["action_valid"][:4, 1:] = False           # as if these samples were at their episode's end
+    objective, loss = tr.objective(batch, y)
+    padded = y.clone()
+    padded[:4, 1:] = -padded[:4, 1:]                  # what lies past an episode's end does not count
+    assert torch.allclose(tr.objective(batch, padded)[0], objective)
+    later = y.clone()
+    later[5:, 2] = -later[5:, 2]                     # a later step of the chunk does count ...
+    changed, later_loss = tr.objective(batch, later)
+    assert not torch.allclose(changed, objective)
+    assert torch.allclose(later_loss, loss)          # ... but the logged L_IL is the current action's
+    # one action per observation: the objective is the plain L_IL
+    single = SFTTrainer(TASK, data, tmp_path / "s.ckpt", tiny_model_config(), tiny_sft_config(augment=False),
+                        progress=False, log=lambda s: None)
+    batch, y, _ = single._batch()
+    objective, loss = single.objective(batch, y)
+    assert y.shape == (32, 7) and torch.allclose(objective, loss)

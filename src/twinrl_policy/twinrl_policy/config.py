@@ -66,8 +66,20 @@ class ModelConfig:
     # auxiliary head on the backbone features predicting the object's pose before the grasp
     # (x, y, sin k*yaw, cos k*yaw); SFT trains it when sft.object_aux_weight > 0
     object_head: bool = False
+    # action chunking (ACT, Zhao et al. 2023): the head predicts this many actions from each
+    # observation, the current one first; SFT fits all of them, inference averages the
+    # predictions made for the current step over the last chunks (temporal ensembling) and
+    # RL's actor is the first action's distribution. 1 = one action per observation
+    action_chunk: int = 1
+    # temporal ensembling: a prediction made k steps ago weighs exp(-decay * k) (0 = plain mean;
+    # > 0 favours the newest observation, < 0 the oldest plan)
+    chunk_ensemble_decay: float = 0.0
 
     def validate(self) -> None:
+        if self.action_chunk < 1:
+            raise ValueError(f"action_chunk: must be >= 1, got {self.action_chunk}")
+        if not math.isfinite(self.chunk_ensemble_decay):
+            raise ValueError(f"chunk_ensemble_decay: must be finite, got {self.chunk_ensemble_decay}")
         if not self.tasks:
             raise ValueError("tasks: at least one task is needed")
         if len(set(self.tasks)) != len(self.tasks):

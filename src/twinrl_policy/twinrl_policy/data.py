@@ -37,8 +37,12 @@ class DemoPool:
     # episode's initial configuration, on the steps up to the first gripper close
     object_pose: Optional[np.ndarray] = None    # (N, 3) float32
     object_valid: Optional[np.ndarray] = None   # (N,) bool
+    # index (into this pool) of the last step of each step's episode; default: one episode
+    episode_end: Optional[np.ndarray] = None    # (N,) int64
 
     def __post_init__(self):
+        if self.episode_end is None:
+            self.episode_end = np.full(len(self.action), len(self.action) - 1, np.int64)
         if self.command is None:
             self.command = np.zeros((len(self.action), COMMAND_DIM), np.float32)
         if self.object_pose is None:
@@ -54,6 +58,15 @@ class DemoPool:
         return cls(name, np.zeros((0, *cfg.third_person_size, 3), np.uint8),
                    np.zeros((0, *cfg.wrist_size, 3), np.uint8), np.zeros((0, 22), np.float32),
                    np.zeros((0, 7), np.float32), command=np.zeros((0, COMMAND_DIM), np.float32))
+
+    def action_chunk(self, idx: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+        """The demo actions of steps ``idx .. idx + horizon - 1`` of the same episode, (n, horizon, 7),
+        and which of them exist, (n, horizon) bool (steps past the episode's end repeat its last
+        action and are marked invalid)."""
+        idx = np.asarray(idx, np.int64)
+        ahead = idx[:, None] + np.arange(horizon)[None, :]
+        end = self.episode_end[idx][:, None]
+        return self.action[np.minimum(ahead, end)], ahead <= end
 
     def batch(self, idx: np.ndarray) -> dict[str, np.ndarray]:
         return {"third_person": self.third_person[idx], "wrist": self.wrist[idx],
@@ -102,7 +115,7 @@ def load_demo_pools(dirs: Sequence, task: str, cfg: ModelConfig, real_sources=("
     if not dirs:
         raise ValueError("no dataset directories given")
     cfg.task_index(task)  # the policy must know the task
-    keys = ("third_person", "wrist", "proprio", "command", "action", "object_pose", "object_valid")
+    keys = ("third_person", "wrist", "proprio", "command", "action", "object_pose", "object_valid", "length")
     parts = {"real": {k: [] for k in keys}, "twin": {k: [] for k in keys}}
     ids = {"real": [], "twin": []}
     info = {"ignored_episodes": 0, "skipped_files": [], "idle_steps_skipped": 0}
@@ -136,6 +149,7 @@ def load_demo_pools(dirs: Sequence, task: str, cfg: ModelConfig, real_sources=("
         obj, valid = object_labels(ep.initial_configuration, ep.actions)
         parts[pool]["object_pose"].append(obj[keep])
         parts[pool]["object_valid"].append(valid[keep])
+        parts[pool]["length"].append(int(keep.sum()))
         ids[pool].append(ep.episode_id)
     pools = []
     for name in ("real", "twin"):
@@ -148,7 +162,8 @@ def load_demo_pools(dirs: Sequence, task: str, cfg: ModelConfig, real_sources=("
                               np.concatenate(p["action"]).astype(np.float32), ids[name],
                               command=np.concatenate(p["command"]).astype(np.float32),
                               object_pose=np.concatenate(p["object_pose"]).astype(np.float32),
-                              object_valid=np.concatenate(p["object_valid"]).astype(bool)))
+                              object_valid=np.concatenate(p["object_valid"]).astype(bool),
+                              episode_end=np.repeat(np.cumsum(p["length"]) - 1, p["length"]).astype(np.int64)))
     if not len(pools[0]) and not len(pools[1]):
         raise ValueError(f"no usable episodes of task {task!r} in {', '.join(str(d) for d in dirs)}")
     info["real_steps"], info["twin_steps"] = len(pools[0]), len(pools[1])

@@ -7,6 +7,10 @@ wrist RGB images, 22-D proprioception, task) into one 7-D action within the per-
   proprioception shape or NaN, unknown task); nothing is computed.
 * A non-finite network output raises :class:`NonFiniteActionError`: no action is returned,
   so a caller can never publish NaN.
+* Policies that predict action chunks (``model.action_chunk`` > 1) are run with temporal
+  ensembling: the action for a step averages what the last chunks predicted for it (weights
+  ``exp(-model.chunk_ensemble_decay * age)``). :meth:`PolicyRunner.reset` forgets those
+  predictions (a new episode); ``act(..., step=0)`` or a step number that goes back does too.
 * :meth:`PolicyRunner.reload` swaps in a new checkpoint only when its version is greater
   than the current one, the file's sha256 matches the announced digest and the checkpoint
   verifies (twinrl_policy.checkpoint); on any failure it raises :class:`ReloadError` and the
@@ -151,6 +155,14 @@ class PolicyRunner:
         ckpt.model_config.task_index(task)
         self.task = task
         self._policy, self._ckpt, self._version = ckpt.build_policy(), ckpt, ckpt.version
+        self._plans: list[np.ndarray] = []     # recent action chunks, newest first (temporal ensembling)
+        self._last_step: Optional[int] = None
+
+    def reset(self) -> None:
+        """Forget the action chunks predicted so far (call at the start of an episode)."""
+        with self._lock:
+            self._plans = []
+            self._last_step = None
 
     @property
     def version(self) -> int:
@@ -204,9 +216,25 @@ class PolicyRunner:
             raise ObservationError(f"command: non-finite values at {np.flatnonzero(~np.isfinite(c)).tolist()}")
         return c
 
-    def act(self, third_person, wrist, proprio, task: Optional[str] = None, command=None) -> InferenceResult:
+    def _ensemble(self, chunk: np.ndarray, step: Optional[int], decay: float) -> np.ndarray:
+        """Add a new (H, 7) chunk and return the temporally ensembled current action."""
+        with self._lock:
+            if step is not None:
+                if self._last_step is not None and step <= self._last_step:
+                    self._plans = []                 # a new episode (or a repeated step)
+                self._last_step = int(step)
+            plans = [chunk] + self._plans
+            self._plans = [p[1:] for p in plans if len(p) > 1]    # what each plan says for the next step
+        ages = np.arange(len(plans), dtype=np.float64)
+        w = np.exp(-decay * (ages - ages.max() if decay < 0 else ages))
+        return (w[:, None] * np.stack([p[0] for p in plans])).sum(0) / w.sum()
+
+    def act(self, third_person, wrist, proprio, task: Optional[str] = None, command=None,
+            step: Optional[int] = None) -> InferenceResult:
         """One action. ``command``: the commanded target relative to the TCP (7 values,
-        ``twinrl_bringup.dataset.COMMAND_LAYOUT``), needed when the policy takes it."""
+        ``twinrl_bringup.dataset.COMMAND_LAYOUT``), needed when the policy takes it. ``step``:
+        the episode's step number, when known: a chunking policy starts a new plan when it is
+        not greater than the last one."""
         t0 = time.perf_counter()
         with self._lock:
             policy, ckpt, version = self._policy, self._ckpt, self._version
@@ -222,8 +250,15 @@ class PolicyRunner:
         if ckpt.model_config.command_input:
             batch["command"] = torch.from_numpy(self._check_command(command)).unsqueeze(0)
         with torch.inference_mode():
-            action = policy.act(batch, deterministic=self.deterministic, generator=self.generator)[0]
-        a = action.numpy().astype(np.float64)
+            if policy.chunk == 1:
+                a = policy.act(batch, deterministic=self.deterministic, generator=self.generator)[0]
+                a = a.numpy().astype(np.float64)
+            else:
+                chunk = policy.act_chunk(batch, deterministic=self.deterministic, generator=self.generator)[0]
+                chunk = chunk.numpy().astype(np.float64)
+                if not np.all(np.isfinite(chunk)):  # never let a NaN plan into the ensemble
+                    raise NonFiniteActionError(f"policy version {version} produced a non-finite action chunk")
+                a = self._ensemble(chunk, step, ckpt.model_config.chunk_ensemble_decay)
         if not np.all(np.isfinite(a)):
             raise NonFiniteActionError(f"policy version {version} produced a non-finite action {a.tolist()}")
         a = np.clip(a, ckpt.norm_stats.action_low, ckpt.norm_stats.action_high)
@@ -260,4 +295,5 @@ class PolicyRunner:
         policy = ckpt.build_policy()
         with self._lock:
             self._policy, self._ckpt, self.path, self._version = policy, ckpt, path, int(version)
+            self._plans, self._last_step = [], None     # the old policy's plans are not the new one's
         return ckpt

@@ -16,7 +16,8 @@ actions are ``a = center + half_range * y`` (:class:`~twinrl_policy.normalizatio
 so they always lie within the per-step limits. For RL the policy is the actor:
 :meth:`sample` gives reparameterised actions with log-probabilities, :meth:`log_prob`
 scores given actions (tanh and scaling corrections included), :meth:`mode` is the
-deterministic action.
+deterministic action. With ``cfg.action_chunk`` > 1 the head also predicts the next actions
+(:meth:`chunk_heads`, :meth:`act_chunk`); the actor is always the current action's distribution.
 """
 from __future__ import annotations
 
@@ -55,8 +56,10 @@ class VisuomotorPolicy(nn.Module):
             layers += [nn.Linear(dim, h), nn.ReLU(inplace=True)]
             dim = h
         self.trunk = nn.Sequential(*layers)
-        self.mean_head = nn.Linear(dim, ACTION_DIM)
-        self.log_std_head = nn.Linear(dim, ACTION_DIM)
+        # one (mean, log_std) per action of the chunk (cfg.action_chunk), the current action first
+        self.chunk = int(cfg.action_chunk)
+        self.mean_head = nn.Linear(dim, ACTION_DIM * self.chunk)
+        self.log_std_head = nn.Linear(dim, ACTION_DIM * self.chunk)
         # (x, y, sin k*yaw, cos k*yaw) of the object, an auxiliary training signal (cfg.object_head)
         self.object_head = nn.Linear(self.backbone.feature_dim, OBJECT_DIM) if cfg.object_head else None
         with torch.no_grad():
@@ -111,15 +114,20 @@ class VisuomotorPolicy(nn.Module):
         inputs["proprio"] = proprio
         return self.backbone(inputs)
 
-    def heads(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean, log_std) of the pre-tanh Gaussian from backbone features."""
+    def chunk_heads(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, log_std) of the pre-tanh Gaussians of the whole action chunk, each (B, chunk, 7)."""
         h = self.trunk(features)
-        mean = self.mean_head(h)
+        mean = self.mean_head(h).reshape(-1, self.chunk, ACTION_DIM)
         log_std = self.log_std_head(h).clamp(self.cfg.log_std_min, self.cfg.log_std_max)
-        return mean, log_std
+        return mean, log_std.reshape(-1, self.chunk, ACTION_DIM)
+
+    def heads(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, log_std) of the pre-tanh Gaussian of the current action from backbone features."""
+        mean, log_std = self.chunk_heads(features)
+        return mean[:, 0], log_std[:, 0]
 
     def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean, log_std) of the pre-tanh Gaussian, each (B, 7)."""
+        """(mean, log_std) of the pre-tanh Gaussian of the current action, each (B, 7)."""
         return self.heads(self.features(batch))
 
     def distribution(self, batch: dict) -> TanhGaussian:
@@ -156,6 +164,13 @@ class VisuomotorPolicy(nn.Module):
         if deterministic:
             return self.mode(batch)
         return self.to_env(self.distribution(batch).sample(generator))
+
+    @torch.no_grad()
+    def act_chunk(self, batch: dict, deterministic: bool = True,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+        """The whole predicted action chunk in environment units, (B, chunk, 7)."""
+        dist = TanhGaussian(*self.chunk_heads(self.features(batch)))
+        return self.to_env(dist.mode() if deterministic else dist.sample(generator))
 
     def num_parameters(self) -> int:
         return int(sum(p.numel() for p in self.parameters()))

@@ -26,9 +26,11 @@ def run_episode(env, runner: PolicyRunner, seed: Optional[int] = None, options: 
     ObservationError; a non-finite output raises NonFiniteActionError).
     """
     obs, info = env.reset(seed=seed, options=options)
+    runner.reset()
     total, steps, success = 0.0, 0, bool(info.get("success", False))
     while True:
-        result = runner.act(obs["third_person"], obs["wrist"], obs["proprio"], command=obs.get("command"))
+        result = runner.act(obs["third_person"], obs["wrist"], obs["proprio"], command=obs.get("command"),
+                            step=steps)
         obs, reward, terminated, truncated, info = env.step(result.action)
         total += float(reward)
         steps += 1

@@ -244,6 +244,11 @@ class SFTTrainer:
         ir, it = sample_indices(len(self.real), len(self.twin), cfg.batch_size, cfg.alpha, self.generator)
         parts = [p.batch(i) for p, i in ((self.real, ir), (self.twin, it)) if len(i)]
         arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        horizon = self.policy.chunk
+        if horizon > 1:
+            chunks = [p.action_chunk(i, horizon) for p, i in ((self.real, ir), (self.twin, it)) if len(i)]
+            arrays["action"] = np.concatenate([c[0] for c in chunks])          # (B, H, 7)
+            arrays["action_valid"] = np.concatenate([c[1] for c in chunks])    # (B, H)
         batch = make_batch(self.policy, arrays, self.task_index)
         if cfg.augment:
             for key, size in (("third_person", self.model_cfg.third_person_size), ("wrist", self.model_cfg.wrist_size)):
@@ -251,6 +256,8 @@ class SFTTrainer:
                 batch[key] = augment_images(batch[key], max(shift, 1) if cfg.shift_pixels > 0 else 0,
                                             cfg.brightness, cfg.contrast, cfg.saturation, self.generator)
         y = self.policy.to_normalized(torch.as_tensor(arrays["action"], dtype=torch.float32))
+        if horizon > 1:
+            batch["action_valid"] = torch.as_tensor(arrays["action_valid"])
         if self.object_weight > 0:
             batch["object_target"] = torch.as_tensor(self.object_targets(arrays["object_pose"]))
             batch["object_valid"] = torch.as_tensor(arrays["object_valid"], dtype=torch.bool)
@@ -260,13 +267,24 @@ class SFTTrainer:
         """(what the optimiser minimises, L_IL = -E log pi(y|s)): the beta-NLL weights each
         dimension's term by its std^(2 beta), held constant for the gradient; with the object
         loss, ``object_aux_weight`` times the mean squared error of the object head on the
-        labelled samples is added (``last_object_loss`` keeps its value)."""
+        labelled samples is added (``last_object_loss`` keeps its value). With an action chunk
+        (``y`` (B, H, 7), ``batch["action_valid"]`` (B, H)) the objective averages the chunk's
+        existing steps; the returned L_IL is the current action's."""
         features = self.policy.features(batch)
-        dist = TanhGaussian(*self.policy.heads(features))
-        log_prob = dist.log_prob_dims(y)                      # (B, 7)
-        loss = -log_prob.sum(-1).mean()
+        if y.ndim == 2:
+            y = y[:, None]
+        dist = TanhGaussian(*self.policy.chunk_heads(features))
+        log_prob = dist.log_prob_dims(y)                      # (B, H, 7)
+        loss = -log_prob[:, 0].sum(-1).mean()
         beta = self.cfg.nll_beta
-        objective = loss if beta == 0 else -(dist.std.detach().pow(2.0 * beta) * log_prob).sum(-1).mean()
+        weighted = log_prob if beta == 0 else dist.std.detach().pow(2.0 * beta) * log_prob
+        per_step = -weighted.sum(-1)                          # (B, H)
+        valid = batch.get("action_valid")
+        if valid is None:
+            objective = per_step.mean()
+        else:
+            valid = valid.to(per_step.dtype)
+            objective = (per_step * valid).sum() / valid.sum().clamp_min(1.0)
         if self.object_weight > 0 and "object_target" in batch:
             valid = batch["object_valid"]
             if bool(valid.any()):

@@ -172,6 +172,7 @@ def main(argv=None) -> int:
         age = time.monotonic() - recv
         if age > max_age:
             throttled("warning", "stale", f"newest observation is {age:.2f} s old (> {max_age} s): no action")
+            runner.reset()      # a chunking policy's plans are stale too
             return
         try:
             tp, wr, proprio, obs_task, step = unpack(*item)
@@ -180,7 +181,7 @@ def main(argv=None) -> int:
                 command = latest_command(proprio)
                 if command is None:
                     return
-            result = runner.act(tp, wr, proprio, task=obs_task, command=command)
+            result = runner.act(tp, wr, proprio, task=obs_task, command=command, step=step)
         except ObservationError as exc:
             throttled("error", "observation", f"bad observation, no action: {exc}")
             return
