@@ -319,3 +319,38 @@ def test_cli_build_and_rollout(twins, tmp_path, capsys):
     args = parser.parse_args(["twin", "rollout", "--twin", str(tmp_path / "nope"), "--episodes", "1"])
     assert args.func(args) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_twin_draws_the_generated_robot_as_the_sim_does(twins, tmp_path):
+    """The generated URDF approximates the sim's capsules by flat-ended cylinders; the twin
+    draws the robot from the FR3 description instead (robot_model: auto), and its wrist view
+    then looks like the sim's, where the cylinders' ends filled its lower part."""
+    from twinrl_policy.evaluation import sim_env_factory
+    from twinrl_twin.scan import load_groundtruth
+    from twinrl_twin.twin_assets import build_twin, load_build_config
+    from twinrl_twin.twin_env import make_twin_env
+
+    auto_dir = twins("pick_and_place")
+    scan = auto_dir.parent / "scan_pick_and_place"
+    cfg = load_build_config()
+    assert cfg.robot_model == "auto"
+    cfg.robot_model = "urdf"
+    build_twin(scan, tmp_path / "urdf_twin", "pick_and_place", load_groundtruth(scan).scan_to_base, "groundtruth",
+               cfg=cfg, preview=False)
+    sim = sim_env_factory("pick_and_place", 0, {}, None)
+    errors = {}
+    try:
+        obs, info = sim.reset(seed=3, options={"cell": (1, 2)})
+        for name, d in (("auto", auto_dir), ("urdf", tmp_path / "urdf_twin")):
+            env = make_twin_env(d, render=True)
+            try:
+                tw, _ = env.reset(seed=3, options={"configuration": info["configuration"]})
+                errors[name] = float(np.abs(tw["wrist"].astype(float) - obs["wrist"]).mean())
+            finally:
+                env.close()
+    finally:
+        sim.close()
+    assert errors["auto"] < 0.8 * errors["urdf"], errors
+    cfg.robot_model = "meshes"
+    with pytest.raises(ValueError, match="robot_model must be auto, urdf or description"):
+        cfg.validate()

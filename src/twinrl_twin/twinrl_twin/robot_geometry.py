@@ -20,7 +20,7 @@ import numpy as np
 
 from twinrl_bringup import transforms as tf
 
-__all__ = ["RobotGeometryError", "RobotGeometry", "silhouette", "make_intersector"]
+__all__ = ["RobotGeometryError", "RobotGeometry", "description_meshes", "silhouette", "make_intersector"]
 
 
 class RobotGeometryError(ValueError):
@@ -123,21 +123,9 @@ class RobotGeometry:
 
         desc = desc if desc is not None else fr3_model.describe()
         meshes = {}
-        for link in desc.links:
-            parts = []
-            for g in link.geoms:
-                if g.kind == "box":
-                    m = trimesh.creation.box(extents=2 * np.asarray(g.size))
-                    m.apply_transform(tf.make_transform(g.pos, tf.quat_to_matrix(g.quat)))
-                else:
-                    a, b = np.asarray(g.fromto[:3]), np.asarray(g.fromto[3:])
-                    L = float(np.linalg.norm(b - a))
-                    m = trimesh.creation.capsule(height=L, radius=g.size[0], count=[32, 16])
-                    R = _z_to((b - a) / L) if L > 1e-12 else np.eye(3)
-                    m.apply_transform(tf.make_transform((a + b) / 2, R))
-                parts.append(m)
-            if parts:
-                meshes[link.name] = trimesh.util.concatenate(parts) if len(parts) > 1 else parts[0]
+        for name, parts in description_meshes(desc).items():
+            parts = [m for m, _ in parts]
+            meshes[name] = trimesh.util.concatenate(parts) if len(parts) > 1 else parts[0]
         joints = []
         for j in desc.joints:
             mimic = (j.mimic, 1.0, 0.0) if j.mimic else None
@@ -198,6 +186,35 @@ class RobotGeometry:
         mesh = self.mesh(joint_positions, gripper_width)
         pts, face = trimesh.sample.sample_surface(mesh, n, seed=seed)
         return np.asarray(pts), np.asarray(mesh.face_normals[face])
+
+
+
+def description_meshes(desc=None, sections: int = 32) -> dict:
+    """Per link of the project's FR3 description (``twinrl_twin.sim.fr3_model``): its geoms as
+    (trimesh in the link frame, rgba) pairs; capsules are true capsules with ``sections`` facets
+    around the axis (the generated URDF can only approximate them by flat-ended cylinders)."""
+    import trimesh
+
+    from .sim import fr3_model
+
+    desc = desc if desc is not None else fr3_model.describe()
+    out = {}
+    for link in desc.links:
+        parts = []
+        for g in link.geoms:
+            if g.kind == "box":
+                m = trimesh.creation.box(extents=2 * np.asarray(g.size))
+                m.apply_transform(tf.make_transform(g.pos, tf.quat_to_matrix(g.quat)))
+            else:
+                a, b = np.asarray(g.fromto[:3]), np.asarray(g.fromto[3:])
+                L = float(np.linalg.norm(b - a))
+                m = trimesh.creation.capsule(height=L, radius=g.size[0], count=[sections, max(sections // 2, 4)])
+                R = _z_to((b - a) / L) if L > 1e-12 else np.eye(3)
+                m.apply_transform(tf.make_transform((a + b) / 2, R))
+            parts.append((m, tuple(g.rgba)))
+        if parts:
+            out[link.name] = parts
+    return out
 
 
 def silhouette(mesh, T_base_camera: np.ndarray, intrinsics, intersector=None) -> np.ndarray:

@@ -66,6 +66,10 @@ class TwinBuildConfig:
     max_scene_points: int = 120000
     point_size_scale: float = 1.6
     robot_sections: int = 12
+    # robot meshes: "urdf" (the visuals of the scan's URDF), "description" (the project's FR3
+    # description: true capsules where its generated URDF has flat-ended cylinders) or "auto"
+    # (the description when the URDF was generated from it, else the URDF)
+    robot_model: str = "auto"
     colour_neighbours: int = 4
     surface_cell: float = 0.02                 # m; 0 disables the support-surface mesh
     surface_x: tuple[float, float] = (-0.4, 1.1)
@@ -78,6 +82,8 @@ class TwinBuildConfig:
             raise ValueError("scene_radius, point_size_scale must be positive and max_scene_points >= 100")
         if not 4 <= self.robot_sections <= 64 or self.colour_neighbours < 1:
             raise ValueError("robot_sections must be in 4..64 and colour_neighbours >= 1")
+        if self.robot_model not in ("auto", "urdf", "description"):
+            raise ValueError(f"robot_model must be auto, urdf or description, got {self.robot_model!r}")
 
 
 def load_build_config(path=None, overrides=()) -> TwinBuildConfig:
@@ -137,11 +143,29 @@ def _floats(text: Optional[str], n: int, where: str) -> list[float]:
     return vals
 
 
+def _coloured(parts) -> ColouredMesh:
+    """[(trimesh, rgba in [0, 1])] -> one ColouredMesh."""
+    verts, faces, cols, off = [], [], [], 0
+    for m, rgba in parts:
+        verts.append(np.asarray(m.vertices, np.float32))
+        faces.append(np.asarray(m.faces, np.int32) + off)
+        cols.append(np.tile((np.clip(np.asarray(rgba[:3], float), 0, 1) * 255).astype(np.uint8), (len(m.vertices), 1)))
+        off += len(m.vertices)
+    return ColouredMesh(np.concatenate(verts), np.concatenate(faces), np.concatenate(cols))
+
+
+def robot_meshes_from_description(sections: int = 12) -> dict[str, ColouredMesh]:
+    """Per link of the project's FR3 description, its geoms as one coloured mesh in the link
+    frame (true capsules; :func:`robot_meshes_from_urdf` of the generated URDF would draw them
+    as flat-ended cylinders reaching past the capsule's side, which the wrist camera sees)."""
+    from .robot_geometry import description_meshes
+
+    return {name: _coloured(parts) for name, parts in description_meshes(sections=sections).items()}
+
+
 def robot_meshes_from_urdf(urdf_path: Path, sections: int = 12) -> dict[str, ColouredMesh]:
     """Per link: its visual geometry merged into one mesh in the link frame, coloured by the
     URDF material. Mesh files are resolved relative to the URDF."""
-    import trimesh
-
     from .scan import ScanError, load_mesh
 
     try:
@@ -189,17 +213,9 @@ def robot_meshes_from_urdf(urdf_path: Path, sections: int = 12) -> dict[str, Col
                 rgba = _floats(c.get("rgba"), 4, where + " color") if c is not None else materials.get(
                     mat.get("name"), rgba)
             m.apply_transform(tf.make_transform(xyz, tf.quat_from_euler("xyz", rpy)))
-            m.visual = trimesh.visual.ColorVisuals(m, vertex_colors=np.tile(
-                (np.clip(rgba[:3], 0, 1) * 255).astype(np.uint8), (len(m.vertices), 1)))
-            parts.append(m)
+            parts.append((m, rgba))
         if parts:
-            verts, faces, cols, off = [], [], [], 0
-            for m in parts:
-                verts.append(np.asarray(m.vertices, np.float32))
-                faces.append(np.asarray(m.faces, np.int32) + off)
-                cols.append(np.asarray(m.visual.vertex_colors)[:, :3].astype(np.uint8))
-                off += len(m.vertices)
-            out[link.get("name")] = ColouredMesh(np.concatenate(verts), np.concatenate(faces), np.concatenate(cols))
+            out[link.get("name")] = _coloured(parts)
     if not out:
         raise ScanError(urdf_path, "URDF has no visual geometry")
     return out
@@ -362,7 +378,11 @@ def build_twin(scan_path, out, task: str, alignment=None, alignment_source: str 
     T_fix_inv = tf.invert(poses[cfg.fixture_name])
     fixture_pts = PointCloud(tf.transform_points(T_fix_inv, fx.positions).astype(np.float32), fx.colors, fx.radii) \
         if fx is not None else PointCloud(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8), np.zeros(0, np.float32))
-    robot = robot_meshes_from_urdf(urdf, cfg.robot_sections)
+    from .sim import fr3_model
+
+    use_description = cfg.robot_model == "description" or (cfg.robot_model == "auto" and fr3_model.is_generated_urdf(urdf))
+    robot = (robot_meshes_from_description(cfg.robot_sections) if use_description
+             else robot_meshes_from_urdf(urdf, cfg.robot_sections))
 
     meta = {
         "version": TWIN_FORMAT_VERSION,
