@@ -35,12 +35,14 @@ def inference_latency(ckpt: Path, threads: int, iters: int, deterministic: bool)
     tp = rng.integers(0, 255, (*runner.image_size("third_person"), 3), dtype=np.uint8)
     wr = rng.integers(0, 255, (*runner.image_size("wrist"), 3), dtype=np.uint8)
     proprio = rng.normal(size=22).astype(np.float32)
+    # the commanded target relative to the TCP, for policies that take it (model.command_input)
+    command = rng.normal(scale=0.01, size=7).astype(np.float32) if runner.needs_command else None
     for _ in range(20):
-        runner.act(tp, wr, proprio)
+        runner.act(tp, wr, proprio, command=command)
     lat = []
     for _ in range(iters):
         t0 = time.perf_counter()
-        runner.act(tp, wr, proprio)
+        runner.act(tp, wr, proprio, command=command)
         lat.append((time.perf_counter() - t0) * 1e3)
     lat = np.asarray(lat)
     return {"threads": threads, "deterministic": deterministic, "iters": iters,
