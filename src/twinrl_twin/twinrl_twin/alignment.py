@@ -158,7 +158,7 @@ def robot_geometry_for(scan: Scan, mode: str = "auto") -> RobotGeometry:
     urdf = Path(scan.robot.urdf)
     from .sim import fr3_model
 
-    if mode == "description" or (mode == "auto" and fr3_model.is_generated_urdf(urdf)):
+    if fr3_model.use_description(mode, urdf):
         return RobotGeometry.from_description()
     return RobotGeometry.from_urdf(urdf, scan.robot.base_link)
 

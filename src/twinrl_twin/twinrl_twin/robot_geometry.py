@@ -188,7 +188,6 @@ class RobotGeometry:
         return np.asarray(pts), np.asarray(mesh.face_normals[face])
 
 
-
 def description_meshes(desc=None, sections: int = 32) -> dict:
     """Per link of the project's FR3 description (``twinrl_twin.sim.fr3_model``): its geoms as
     (trimesh in the link frame, rgba) pairs; capsules are true capsules with ``sections`` facets

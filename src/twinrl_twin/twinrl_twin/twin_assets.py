@@ -380,8 +380,7 @@ def build_twin(scan_path, out, task: str, alignment=None, alignment_source: str 
         if fx is not None else PointCloud(np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8), np.zeros(0, np.float32))
     from .sim import fr3_model
 
-    use_description = cfg.robot_model == "description" or (cfg.robot_model == "auto" and fr3_model.is_generated_urdf(urdf))
-    robot = (robot_meshes_from_description(cfg.robot_sections) if use_description
+    robot = (robot_meshes_from_description(cfg.robot_sections) if fr3_model.use_description(cfg.robot_model, urdf)
              else robot_meshes_from_urdf(urdf, cfg.robot_sections))
 
     meta = {

@@ -297,6 +297,12 @@ def is_generated_urdf(path) -> bool:
     return GENERATED_MARK in Path(path).read_text(errors="replace")[:2000]
 
 
+def use_description(mode: str, urdf) -> bool:
+    """Whether a robot model choice ``mode`` (auto | urdf | description) means this
+    description rather than the URDF at ``urdf``: ``auto`` picks it for a generated URDF."""
+    return mode == "description" or (mode == "auto" and is_generated_urdf(urdf))
+
+
 def to_urdf(desc: Optional[Description] = None) -> str:
     desc = desc if desc is not None else describe()
     out = ['<?xml version="1.0"?>',
