@@ -354,3 +354,67 @@ def test_twin_draws_the_generated_robot_as_the_sim_does(twins, tmp_path):
     cfg.robot_model = "meshes"
     with pytest.raises(ValueError, match="robot_model must be auto, urdf or description"):
         cfg.validate()
+
+
+def test_far_field_panorama_shows_what_the_scan_saw_beyond_the_scene(twins, tmp_path):
+    """What the scan's cameras saw with no depth or beyond the scene radius (the sim cell's black
+    sky over its grey floor) becomes a panorama drawn behind the twin: its third-person view is
+    then closer to the sim's than with a flat clear colour (the older twins' grey)."""
+    from twinrl_policy.evaluation import sim_env_factory
+    from twinrl_twin.render import DEFAULT_BACKGROUND
+    from twinrl_twin.scan import load_groundtruth
+    from twinrl_twin.twin_assets import build_twin, load_build_config
+    from twinrl_twin.twin_env import make_twin_env
+
+    pano_dir = twins("pick_and_place")
+    assets = load_twin(pano_dir)
+    pano = assets.far_field
+    assert pano is not None and pano.shape == (64, 128, 3) and pano.dtype == np.uint8
+    assert pano[48:].max() < 30                          # above 45 deg elevation: the sim's black sky
+    assert np.median(pano[:16]) > 80                     # below -45 deg: its grey floor
+    assert assets.background == pytest.approx((0.0, 0.0, 0.0), abs=0.05)   # the median far-field colour
+    scan = pano_dir.parent / "scan_pick_and_place"
+    cfg = load_build_config(None, ["far_field_width=0", f"background=[{', '.join(map(str, DEFAULT_BACKGROUND))}]"])
+    build_twin(scan, tmp_path / "flat", "pick_and_place", load_groundtruth(scan).scan_to_base, "groundtruth",
+               cfg=cfg, preview=False)
+    assert load_twin(tmp_path / "flat").far_field is None
+    sim = sim_env_factory("pick_and_place", 0, {}, None)
+    errors = {}
+    try:
+        obs, info = sim.reset(seed=3, options={"cell": (2, 4)})
+        for name, d in (("panorama", pano_dir), ("flat", tmp_path / "flat")):
+            env = make_twin_env(d, render=True)
+            try:
+                tw, _ = env.reset(seed=3, options={"configuration": info["configuration"]})
+                errors[name] = float(np.abs(tw["third_person"].astype(float) - obs["third_person"]).mean())
+            finally:
+                env.close()
+    finally:
+        sim.close()
+    assert errors["panorama"] < 0.7 * errors["flat"], errors
+    for bad in (["far_field_width=3"], ["background=[0.5, 2.0, 0.0]"]):
+        with pytest.raises(ValueError, match=bad[0].split("=")[0]):
+            load_build_config(None, bad).validate()
+
+
+def test_corrupt_far_field_is_named(twins, tmp_path):
+    src = twins("pick_and_place")
+    bad = tmp_path / "bad"
+    shutil.copytree(src, bad)
+    np.savez(bad / "far_field.npz", panorama=np.zeros((8, 10, 3), np.uint8))
+    with pytest.raises(TwinAssetError, match=r"far_field.npz.*\(H, 2H, 3\)"):
+        load_twin(bad)
+    (bad / "far_field.npz").write_bytes(b"not a zip")
+    with pytest.raises(TwinAssetError, match="far_field.npz.*unreadable"):
+        load_twin(bad)
+    (bad / "far_field.npz").unlink()
+    with pytest.raises(TwinAssetError, match="far_field.npz.*missing"):
+        load_twin(bad)
+    meta = json.loads((src / "twin.json").read_text())
+    meta.update(far_field=None, background=[0.1, "grey", 0.1])
+    (bad / "twin.json").write_text(json.dumps(meta))
+    with pytest.raises(TwinAssetError, match="twin.json.*background"):
+        load_twin(bad)
+    meta["background"] = None                             # a twin from before: the default grey
+    (bad / "twin.json").write_text(json.dumps(meta))
+    assert load_twin(bad).background is None and load_twin(bad).far_field is None

@@ -67,6 +67,34 @@ void main() {
 }
 """
 
+# the far-field panorama behind everything: a full-screen triangle whose pixels look up the
+# panorama (equirectangular, base frame) along their viewing ray
+_FAR_VS = """
+#version 330
+out vec2 ndc;
+void main() {
+    vec2 p = vec2(float((gl_VertexID & 1) << 2) - 1.0, float((gl_VertexID & 2) << 1) - 1.0);
+    ndc = p;
+    gl_Position = vec4(p, 0.0, 1.0);
+}
+"""
+
+_FAR_FS = """
+#version 330
+uniform mat4 inv_vp;
+uniform sampler2D panorama;
+in vec2 ndc;
+out vec4 f_color;
+void main() {
+    vec4 a = inv_vp * vec4(ndc, -1.0, 1.0);
+    vec4 b = inv_vp * vec4(ndc, 1.0, 1.0);
+    vec3 d = normalize(b.xyz / b.w - a.xyz / a.w);
+    float u = atan(d.y, d.x) / 6.283185307 + 0.5;
+    float v = asin(clamp(d.z, -1.0, 1.0)) / 3.141592654 + 0.5;
+    f_color = vec4(texture(panorama, vec2(u, v)).rgb, 1.0);
+}
+"""
+
 _FS = """
 #version 330
 in vec3 v_color;
@@ -75,20 +103,28 @@ void main() { f_color = vec4(v_color, 1.0); }
 """
 
 
+DEFAULT_BACKGROUND = (0.42, 0.43, 0.46)
+
+
 @dataclass
 class RenderConfig:
-    background: tuple[float, float, float] = (0.42, 0.43, 0.46)
+    # clear colour (RGB 0..1); None: the twin's own (estimated from its scan at build time), or
+    # DEFAULT_BACKGROUND for twins built without one
+    background: Optional[tuple[float, float, float]] = None
     ambient: float = 0.45
     diffuse: float = 0.6
     light_direction: tuple[float, float, float] = (0.3, 0.2, 1.0)
     max_point_pixels: float = 8.0
     lp_threads: int = 1
+    far_field: bool = True          # draw the twin's far-field panorama behind everything (when it has one)
 
     def validate(self) -> None:
         if not 0 <= self.ambient <= 2 or not 0 <= self.diffuse <= 2:
             raise ValueError("ambient and diffuse must be in [0, 2]")
         if np.linalg.norm(self.light_direction) < 1e-6:
             raise ValueError("light_direction must not be zero")
+        if self.background is not None and not all(np.isfinite(c) and 0 <= c <= 1 for c in self.background):
+            raise ValueError(f"background must be three numbers in [0, 1] (RGB) or null, got {self.background!r}")
         if self.max_point_pixels < 1 or self.lp_threads < 0:
             raise ValueError("max_point_pixels must be >= 1 and lp_threads >= 0 (0: llvmpipe's default)")
 
@@ -152,6 +188,8 @@ class TwinRenderer:
                  cfg: Optional[RenderConfig] = None):
         cfg = cfg or load_render_config()
         self.cfg = cfg
+        self.background = tuple(cfg.background if cfg.background is not None
+                                else assets.background if assets.background is not None else DEFAULT_BACKGROUND)
         if cfg.lp_threads:
             os.environ["LP_NUM_THREADS"] = str(cfg.lp_threads)   # read when the context is created
         import moderngl
@@ -168,6 +206,15 @@ class TwinRenderer:
         self.mesh_prog["diffuse"].value = cfg.diffuse
         self.mesh_prog["lit"].value = 1.0
         self.point_prog["max_px"].value = cfg.max_point_pixels
+        self.far = None
+        if cfg.far_field and assets.far_field is not None:
+            pano = np.ascontiguousarray(assets.far_field)
+            tex = ctx.texture((pano.shape[1], pano.shape[0]), 3, pano.tobytes())
+            tex.repeat_x, tex.repeat_y = True, False
+            tex.filter = (moderngl.LINEAR, moderngl.LINEAR)
+            prog = ctx.program(vertex_shader=_FAR_VS, fragment_shader=_FAR_FS)
+            prog["panorama"].value = 0
+            self.far = (tex, prog, ctx.vertex_array(prog, []))
         missing = [n for n in link_names if n not in assets.robot]
         self.links = [n for n in link_names if n in assets.robot]
         if len(self.links) + 2 > MAX_LINKS:
@@ -228,6 +275,13 @@ class TwinRenderer:
             return self._render(camera_pose, fovy, size, link_poses, object_pose, fixture_pose, static_camera)
 
     def _draw_points(self, view, vp, fovy, h, fixture_pose) -> None:
+        if self.far is not None:        # behind everything: no depth test, no depth written
+            tex, prog, vao = self.far
+            prog["inv_vp"].write(np.linalg.inv(vp).T.astype(np.float32).tobytes())
+            tex.use(0)
+            self.ctx.disable(self.mgl.DEPTH_TEST)
+            vao.render(self.mgl.TRIANGLES, vertices=3)
+            self.ctx.enable(self.mgl.DEPTH_TEST)
         pp = self.point_prog
         pp["proj"].write((vp @ np.linalg.inv(view)).T.astype(np.float32).tobytes())
         pp["view"].write(view.T.astype(np.float32).tobytes())
@@ -264,14 +318,14 @@ class TwinRenderer:
                                              depth_attachment=self.ctx.depth_renderbuffer((w, h)))
                 layer.use()
                 self.ctx.viewport = (0, 0, w, h)
-                layer.clear(*self.cfg.background, 1.0, depth=1.0)
+                layer.clear(*self.background, 1.0, depth=1.0)
                 self._draw_points(view, vp, fovy, h, fixture_pose)
                 self._static[key] = layer
             self.ctx.copy_framebuffer(fbo, layer)
             fbo.use()
         else:
             fbo.use()
-            fbo.clear(*self.cfg.background, 1.0, depth=1.0)
+            fbo.clear(*self.background, 1.0, depth=1.0)
             self._draw_points(view, vp, fovy, h, fixture_pose)
         self.ctx.viewport = (0, 0, w, h)        # framebuffer switches do not always restore it
         models = self._models

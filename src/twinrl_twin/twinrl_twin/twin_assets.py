@@ -10,6 +10,10 @@ twin needs, all in the robot base frame ``fr3_link0`` through the scan -> base `
 * the manipulated object (``build.object_name``): its scan mesh, vertex colours from the
   object's Gaussians;
 * the robot: the URDF's visual geometry per link (boxes, cylinders, spheres, meshes).
+* the far field: what the scan's cameras saw with no depth or farther than ``scene_radius``
+  from the base (the room beyond the depth range, a simulated cell's sky and horizon), as a
+  panorama of colour by viewing direction (:func:`far_field_panorama`), drawn behind everything;
+  its median colour is the clear colour.
 
 Gaussians come from the scan's ``splats.ply`` when present, else from the RGB-D frames
 (:func:`twinrl_twin.splats.init_from_scan`). The directory is written atomically (temporary
@@ -22,6 +26,8 @@ sibling + rename). Layout::
     object_mesh.npz      vertices (object frame, m), faces, colors (per vertex, uint8)
     fixture_mesh.npz
     robot_meshes.npz     <link>.vertices / <link>.faces / <link>.colors (link frame)
+    far_field.npz        panorama (H, 2H, 3) uint8, rows elevation -90..90 deg, columns azimuth
+                         -180..180 deg about the base z axis (optional)
     preview.png          both cameras at the scanned configuration
 
 :func:`load_twin` checks all of it and raises :class:`TwinAssetError` naming the bad file.
@@ -76,6 +82,10 @@ class TwinBuildConfig:
     surface_y: tuple[float, float] = (-0.9, 0.9)
     surface_z: tuple[float, float] = (-0.1, 0.3)
     surface_max_step: float = 0.03             # m; no triangle across a larger height jump
+    far_field_width: int = 128                 # panorama columns (rows: half); 0: no far-field panorama
+    # clear colour of the twin's renders (RGB 0..1) where nothing is drawn; None: the median
+    # colour of the scan's far-field pixels
+    background: Optional[tuple[float, float, float]] = None
 
     def validate(self) -> None:
         if self.scene_radius <= 0 or self.max_scene_points < 100 or self.point_size_scale <= 0:
@@ -84,6 +94,10 @@ class TwinBuildConfig:
             raise ValueError("robot_sections must be in 4..64 and colour_neighbours >= 1")
         if self.robot_model not in ("auto", "urdf", "description"):
             raise ValueError(f"robot_model must be auto, urdf or description, got {self.robot_model!r}")
+        if self.far_field_width != 0 and not 8 <= self.far_field_width <= 4096:
+            raise ValueError(f"far_field_width must be 0 (off) or in 8..4096, got {self.far_field_width}")
+        if self.background is not None and not all(math.isfinite(c) and 0 <= c <= 1 for c in self.background):
+            raise ValueError(f"background must be three numbers in [0, 1] (RGB) or null, got {self.background!r}")
 
 
 def load_build_config(path=None, overrides=()) -> TwinBuildConfig:
@@ -119,6 +133,8 @@ class TwinAssets:
     fixture_mesh: ColouredMesh
     robot: dict[str, ColouredMesh] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
+    background: Optional[tuple[float, float, float]] = None   # RGB 0..1; None: twins built before it was kept
+    far_field: Optional[np.ndarray] = None     # (H, 2H, 3) uint8 panorama (module doc); None: none
 
 
 # -- building -----------------------------------------------------------------------------------
@@ -292,6 +308,58 @@ def _colour_from_points(vertices_base: np.ndarray, points: Optional[PointCloud],
     return points.colors[idx].astype(np.float32).mean(axis=1).round().astype(np.uint8)
 
 
+def far_field_panorama(scan, alignment, radius: float, width: int = 128, stride: int = 4):
+    """Colour by viewing direction (base frame) of the scan's far-field pixels: no valid depth,
+    or a back-projected point farther than ``radius`` from the base (what the twin's Gaussians
+    leave out). Returns ``(panorama, median)``: a (width // 2, width, 3) uint8 equirectangular
+    image (rows elevation -90..90 deg, columns azimuth -180..180 deg; empty cells take the
+    nearest seen cell) and the median far-field colour (3,) in 0..1; ``(None, None)`` when no
+    frame has depth or no pixel is far. Directions are taken from the scan cameras: a
+    far-field assumption (parallax between those cameras and the twin's is ignored)."""
+    from scipy import ndimage
+
+    if not scan.frames or not all(f.depth_path is not None for f in scan.frames):
+        return None, None
+    R = np.asarray(alignment.rotation, float)
+    dirs, cols = [], []
+    for f in scan.frames:
+        rgb, depth = f.rgb(), f.depth()
+        v, u = np.mgrid[0:depth.shape[0]:stride, 0:depth.shape[1]:stride]
+        d = depth[v, u]
+        intr = f.intrinsics
+        ray = np.stack([(u + 0.5 - intr.cx) / intr.fx, (v + 0.5 - intr.cy) / intr.fy, np.ones(u.shape)], -1)
+        far = ~(d > 0)
+        near = ~far
+        if near.any():
+            p_cam = ray[near] * d[near][:, None]
+            p_base = alignment.apply_points(tf.transform_points(f.T_scan_camera, p_cam))
+            far[near] = np.linalg.norm(p_base, axis=1) > radius
+        if far.any():
+            dirs.append(ray[far] @ (R @ f.T_scan_camera[:3, :3]).T)
+            cols.append(rgb[v[far], u[far]])
+    if not dirs:
+        return None, None
+    dirs = np.concatenate(dirs)
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    cols = np.concatenate(cols).astype(np.float64)
+    median = np.median(cols, axis=0) / 255.0
+    if width <= 0:
+        return None, median
+    h = width // 2
+    col = np.clip(((np.arctan2(dirs[:, 1], dirs[:, 0]) / (2 * math.pi) + 0.5) * width).astype(int), 0, width - 1)
+    row = np.clip(((np.arcsin(np.clip(dirs[:, 2], -1, 1)) / math.pi + 0.5) * h).astype(int), 0, h - 1)
+    cell = row * width + col
+    count = np.bincount(cell, minlength=h * width)
+    pano = np.stack([np.bincount(cell, cols[:, c], minlength=h * width) for c in range(3)], -1)
+    seen = (count > 0).reshape(h, width)
+    pano = (pano / np.maximum(count, 1)[:, None]).reshape(h, width, 3)
+    # empty cells: the nearest seen cell (azimuth wraps: fill a three-fold tiled copy)
+    tiled = np.concatenate([seen] * 3, axis=1)
+    _, (ri, ci) = ndimage.distance_transform_edt(~tiled, return_indices=True)
+    ri, ci = ri[:, width:2 * width], ci[:, width:2 * width] % width
+    return np.round(pano[ri, ci]).astype(np.uint8), median
+
+
 def _gaussians(scan):
     from .splats import init_from_scan, read_ply
 
@@ -383,6 +451,8 @@ def build_twin(scan_path, out, task: str, alignment=None, alignment_source: str 
     robot = (robot_meshes_from_description(cfg.robot_sections) if fr3_model.use_description(cfg.robot_model, urdf)
              else robot_meshes_from_urdf(urdf, cfg.robot_sections))
 
+    far_field, far_median = far_field_panorama(scan, sim, cfg.scene_radius, cfg.far_field_width)
+    background = cfg.background if cfg.background is not None else far_median
     meta = {
         "version": TWIN_FORMAT_VERSION,
         "task": task,
@@ -393,6 +463,8 @@ def build_twin(scan_path, out, task: str, alignment=None, alignment_source: str 
         "fixture_name": cfg.fixture_name,
         "object_pose": tf.matrix_to_pose7(poses[cfg.object_name]).tolist(),
         "fixture_pose": tf.matrix_to_pose7(poses[cfg.fixture_name]).tolist(),
+        "background": None if background is None else [round(float(c), 4) for c in background],
+        "far_field": None if far_field is None else "far_field.npz",
         "counts": {"scene_points": int(len(scene_pts.positions)), "fixture_points": int(len(fixture_pts.positions)),
                    "robot_points_dropped": int((labels == LABEL_ROBOT).sum()),
                    "object_faces": int(len(meshes[cfg.object_name].faces)),
@@ -417,6 +489,8 @@ def build_twin(scan_path, out, task: str, alignment=None, alignment_source: str 
             arrays[f"{link}.faces"] = m.faces
             arrays[f"{link}.colors"] = m.colors
         np.savez(tmp / "robot_meshes.npz", **arrays)
+        if far_field is not None:
+            np.savez(tmp / "far_field.npz", panorama=far_field)
         (tmp / TWIN_FILE).write_text(json.dumps(meta, indent=1))
         if preview:
             meta["preview"] = str(out / "preview.png")
@@ -513,6 +587,23 @@ def load_twin(path) -> TwinAssets:
         if v.shape != (7,) or not np.all(np.isfinite(v)):
             raise TwinAssetError(meta_path, f"{key} must be 7 finite numbers [x, y, z, qx, qy, qz, qw]")
         poses[key] = v
+    background = meta.get("background")
+    if background is not None:
+        try:
+            background = tuple(float(c) for c in background)
+        except (TypeError, ValueError):
+            background = ()
+        if len(background) != 3 or not all(math.isfinite(c) and 0 <= c <= 1 for c in background):
+            raise TwinAssetError(meta_path, f"background must be three numbers in [0, 1] (RGB) or null, "
+                                            f"got {meta['background']!r}")
+    far_field = None
+    if meta.get("far_field"):
+        path = root / "far_field.npz"
+        far_field = _load_npz(path, ("panorama",))["panorama"]
+        if far_field.dtype != np.uint8 or far_field.ndim != 3 or far_field.shape[2] != 3 \
+                or far_field.shape[1] != 2 * far_field.shape[0] or far_field.shape[0] < 4:
+            raise TwinAssetError(path, f"panorama must be (H, 2H, 3) uint8 with H >= 4, got "
+                                       f"{far_field.shape} {far_field.dtype}")
     obj = _load_npz(root / "object_mesh.npz", ("vertices", "faces", "colors"))
     fix = _load_npz(root / "fixture_mesh.npz", ("vertices", "faces", "colors"))
     srf = _load_npz(root / "surface_mesh.npz", ("vertices", "faces", "colors"))
@@ -536,4 +627,4 @@ def load_twin(path) -> TwinAssets:
         fixture_points=_cloud(root / "fixture_points.npz"),
         object_mesh=_mesh(root / "object_mesh.npz", obj["vertices"], obj["faces"], obj["colors"], "object"),
         fixture_mesh=_mesh(root / "fixture_mesh.npz", fix["vertices"], fix["faces"], fix["colors"], "fixture"),
-        robot=robot, meta=meta)
+        robot=robot, meta=meta, background=background, far_field=far_field)
