@@ -139,3 +139,17 @@ def test_checkpoint_from_before_the_command_input_loads_without_it(policy, tmp_p
     write_raw_checkpoint(tmp_path / "bad.ckpt", _payload(policy, model_config=cfg))
     with pytest.raises(CheckpointError, match=r"backbone.proprio.0.weight.*architecture expects"):
         load_checkpoint(tmp_path / "bad.ckpt")
+
+
+def test_checkpoint_from_before_the_rotation_option_feeds_the_quaternion(tmp_path):
+    """Checkpoints written before model.proprio_rotation fed the TCP quaternion as it came; they
+    load with proprio_rotation quaternion (22 proprio inputs), and a rot6d config with such
+    weights is refused."""
+    old = VisuomotorPolicy(tiny_model_config(proprio_rotation="quaternion"))
+    old_cfg = {k: v for k, v in to_dict(old.cfg).items() if k != "proprio_rotation"}
+    write_raw_checkpoint(tmp_path / "old.ckpt", _payload(old, model_config=old_cfg))
+    loaded, ckpt = load_policy(tmp_path / "old.ckpt")
+    assert ckpt.model_config.proprio_rotation == "quaternion"
+    write_raw_checkpoint(tmp_path / "bad.ckpt", _payload(old, model_config=dict(old_cfg, proprio_rotation="rot6d")))
+    with pytest.raises(CheckpointError, match=r"backbone.proprio.0.weight.*architecture expects"):
+        load_checkpoint(tmp_path / "bad.ckpt")

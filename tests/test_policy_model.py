@@ -130,7 +130,7 @@ def test_backbone_registry_plugs_in_a_custom_backbone():
 
         def __init__(self, cfg):
             super().__init__()
-            self.lin = torch.nn.Linear(6 + 22, 8)
+            self.lin = torch.nn.Linear(6 + cfg.proprio_features, 8)
 
         def forward(self, batch):
             return self.lin(torch.cat([batch["third_person"].mean((2, 3)), batch["wrist"].mean((2, 3)),
@@ -214,3 +214,38 @@ def test_action_chunk_head_predicts_the_next_actions_and_the_actor_is_the_first(
                                                                  "chunk_ensemble_decay")):
         with pytest.raises(ValueError, match=match):
             tiny_model_config(**bad).validate()
+
+
+def test_tcp_rotation_enters_as_two_matrix_columns():
+    """proprio_rotation rot6d (the default): the TCP quaternion reaches the network as the first
+    two columns of its rotation matrix, so q and -q (the same orientation; a pointing-down TCP
+    has w ~ 0 and flips between them) give the same action, and nearby orientations nearby
+    inputs. With quaternion the sign flip changes the input."""
+    from scipy.spatial.transform import Rotation
+
+    from twinrl_policy.config import load_model_config
+    from twinrl_policy.model import quat_to_rot6d
+
+    assert load_model_config().proprio_rotation == "rot6d"
+    R = Rotation.random(20, random_state=1)
+    q = torch.as_tensor(R.as_quat(), dtype=torch.float64)
+    r6 = quat_to_rot6d(q)
+    m = torch.as_tensor(R.as_matrix())
+    assert torch.allclose(r6, torch.cat([m[:, :, 0], m[:, :, 1]], dim=1))
+    assert torch.allclose(quat_to_rot6d(-q), r6) and torch.allclose(quat_to_rot6d(3 * q), r6)
+    # pointing down, yaw 0.1 rad either side of a w sign flip: close in rot6d, far as quaternions
+    a = Rotation.from_euler("z", 0.1) * Rotation.from_euler("x", np.pi - 1e-3)
+    b = Rotation.from_euler("z", 0.1) * Rotation.from_euler("x", np.pi + 1e-3)
+    qa, qb = (torch.as_tensor(r.as_quat()[None] * np.sign(r.as_quat()[3])) for r in (a, b))   # w >= 0, as the envs
+    assert torch.allclose(torch.linalg.norm(qa - qb), torch.tensor(2.0, dtype=torch.float64), atol=1e-2)
+    assert torch.linalg.norm(quat_to_rot6d(qa) - quat_to_rot6d(qb)) < 5e-3
+    for rotation, same in (("rot6d", True), ("quaternion", False)):
+        torch.manual_seed(0)
+        policy = VisuomotorPolicy(tiny_model_config(proprio_rotation=rotation))
+        b1 = _batch(policy)
+        b2 = dict(b1, proprio=b1["proprio"].clone())
+        b2["proprio"][:, 17:21] *= -1
+        with torch.no_grad():
+            assert torch.allclose(policy.act(b1), policy.act(b2), atol=1e-6) is same
+    with pytest.raises(ValueError, match="proprio_rotation: must be rot6d or quaternion"):
+        tiny_model_config(proprio_rotation="euler").validate()

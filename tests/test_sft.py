@@ -56,8 +56,10 @@ def test_alpha_is_the_probability_of_a_real_sample():
 @pytest.mark.slow
 def test_sft_loss_goes_down_and_beats_the_untrained_policy(data, tmp_path):
     out = tmp_path / "policy.ckpt"
-    tr = SFTTrainer(TASK, data, out, tiny_model_config(), tiny_sft_config(steps=900), progress=False,
-                    log=lambda s: None)
+    # 1e-3 rather than the fixture's 3e-3: at 3e-3 about one training seed in four left the
+    # image-dependent dimension unlearnt (x or gripper correlation ~0.1; five of five learnt at 1e-3)
+    tr = SFTTrainer(TASK, data, out, tiny_model_config(), tiny_sft_config(steps=900, learning_rate=1e-3),
+                    progress=False, log=lambda s: None)
     test = _held_out()
     err_untrained = action_error(tr.policy, test, TASK)
     result = tr.train()

@@ -13,8 +13,9 @@ provide to be plugged in; see docs/policy.md):
   group ``twinrl.policy_backbones`` (``name = module:factory``);
 * the module has an int attribute ``feature_dim`` and ``forward(batch) -> (B, feature_dim)``
   where ``batch`` holds ``third_person`` (B, 3, H, W) float in [0, 1], ``wrist``
-  (B, 3, h, w), ``proprio`` (B, 22) standardised (B, 29 with ``cfg.command_input``: the
-  7 command values scaled by ``COMMAND_SCALE`` appended), ``task`` (B,) int64 indices into
+  (B, 3, h, w), ``proprio`` (B, ``cfg.proprio_features``: 24 with the default
+  ``proprio_rotation`` rot6d, 22 with quaternion) standardised, with the 7 command values
+  scaled by ``COMMAND_SCALE`` appended when ``cfg.command_input``, ``task`` (B,) int64 indices into
   ``cfg.tasks`` and, when ``cfg.instruction_dim > 0``, ``instruction`` (B, instruction_dim);
 * its weights live in its ``state_dict`` (they are saved in the policy checkpoint); a factory
   that starts from pretrained weights reads them from a local path given in
@@ -190,7 +191,7 @@ class ConvSmallBackbone(nn.Module):
         super().__init__()
         self.third_person = ConvEncoder(cfg.third_person_size, cfg.third_person_convs, cfg.image_feature_dim)
         self.wrist = ConvEncoder(cfg.wrist_size, cfg.wrist_convs, cfg.image_feature_dim)
-        proprio_in = PROPRIO_DIM + (COMMAND_DIM if cfg.command_input else 0)
+        proprio_in = cfg.proprio_features + (COMMAND_DIM if cfg.command_input else 0)
         self.proprio = nn.Sequential(nn.Linear(proprio_in, cfg.proprio_hidden), nn.ReLU(inplace=True),
                                      nn.Linear(cfg.proprio_hidden, cfg.proprio_hidden), nn.ReLU(inplace=True))
         self.task = nn.Embedding(len(cfg.tasks), cfg.task_embedding_dim)

@@ -205,6 +205,9 @@ def load_checkpoint(path) -> PolicyCheckpoint:
     if isinstance(stored, dict) and "command_input" not in stored:
         # checkpoints from before the commanded-target input were trained without it
         stored = dict(stored, command_input=False)
+    if isinstance(stored, dict) and "proprio_rotation" not in stored:
+        # checkpoints from before the rotation option fed the quaternion as it came
+        stored = dict(stored, proprio_rotation="quaternion")
     try:
         cfg = from_dict(stored, ModelConfig, source=str(path), prefix="model_config")
     except ConfigError as exc:

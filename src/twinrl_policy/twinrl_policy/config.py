@@ -55,6 +55,11 @@ class ModelConfig:
     proprio_hidden: int = 64
     # feed the commanded target relative to the TCP (7 values) next to the proprioception
     command_input: bool = True
+    # how the TCP orientation (proprio[17:21], a quaternion) enters the network: "rot6d" (the
+    # first two columns of its rotation matrix, Zhou et al. 2019: continuous, and the same for q
+    # and -q) or "quaternion" (as given: a pointing-down TCP has w ~ 0, so the w >= 0 convention
+    # flips the sign of x between neighbouring poses; checkpoints from before this option)
+    proprio_rotation: str = "rot6d"
     task_embedding_dim: int = 16
     instruction_encoder: str = ""                # "" = none; else a name in the text-encoder registry
     instruction_dim: int = 0                     # size of the instruction embedding (0 = unused)
@@ -75,7 +80,14 @@ class ModelConfig:
     # > 0 favours the newest observation, < 0 the oldest plan)
     chunk_ensemble_decay: float = 0.0
 
+    @property
+    def proprio_features(self) -> int:
+        """Width of the proprioception the backbone receives (before the command input)."""
+        return PROPRIO_DIM + (2 if self.proprio_rotation == "rot6d" else 0)
+
     def validate(self) -> None:
+        if self.proprio_rotation not in ("rot6d", "quaternion"):
+            raise ValueError(f"proprio_rotation: must be rot6d or quaternion, got {self.proprio_rotation!r}")
         if self.action_chunk < 1:
             raise ValueError(f"action_chunk: must be >= 1, got {self.action_chunk}")
         if not math.isfinite(self.chunk_ensemble_decay):

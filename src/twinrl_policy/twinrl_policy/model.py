@@ -5,7 +5,9 @@ Batches are dicts of tensors:
 * ``third_person`` (B, 3, H, W) and ``wrist`` (B, 3, h, w): float RGB in [0, 1]
   (:func:`images_to_tensor` converts (B, H, W, 3) uint8);
 * ``proprio`` (B, 22): raw proprioception (``twinrl_bringup.dataset.PROPRIO_LAYOUT``); the
-  model standardises it with its normalisation statistics;
+  model standardises it with its normalisation statistics and, with ``cfg.proprio_rotation``
+  "rot6d" (the default), feeds the TCP quaternion as two columns of its rotation matrix
+  (:func:`quat_to_rot6d`) instead;
 * ``command`` (B, 7): the commanded target relative to the TCP
   (``twinrl_bringup.dataset.COMMAND_LAYOUT``), when ``cfg.command_input`` (the default);
 * ``task`` (B,) int64: index into ``cfg.tasks`` (:meth:`VisuomotorPolicy.task_ids`);
@@ -28,6 +30,19 @@ from torch import nn
 
 from .backbones import build_backbone
 from .config import ACTION_DIM, COMMAND_DIM, COMMAND_SCALE, PROPRIO_DIM, ModelConfig
+
+QUAT = 17          # proprio[17:21]: TCP orientation (x, y, z, w), PROPRIO_LAYOUT
+
+
+def quat_to_rot6d(q: torch.Tensor) -> torch.Tensor:
+    """(B, 4) quaternions (x, y, z, w) -> (B, 6): the first two columns of their rotation
+    matrices. Continuous in the rotation and equal for q and -q (the double cover the w >= 0
+    convention cuts through when w ~ 0)."""
+    q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+    x, y, z, w = q.unbind(-1)
+    col0 = torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y + z * w), 2 * (x * z - y * w)], dim=-1)
+    col1 = torch.stack([2 * (x * y - z * w), 1 - 2 * (x * x + z * z), 2 * (y * z + x * w)], dim=-1)
+    return torch.cat([col0, col1], dim=-1)
 from .distributions import TanhGaussian
 from .normalization import NormStats
 
@@ -108,7 +123,10 @@ class VisuomotorPolicy(nn.Module):
         """The backbone's features (B, feature_dim) of a checked batch."""
         self._check(batch)
         inputs = dict(batch)
-        proprio = (batch["proprio"].to(torch.float32) - self.proprio_mean) / self.proprio_std
+        raw = batch["proprio"].to(torch.float32)
+        proprio = (raw - self.proprio_mean) / self.proprio_std
+        if self.cfg.proprio_rotation == "rot6d":
+            proprio = torch.cat([proprio[:, :QUAT], quat_to_rot6d(raw[:, QUAT:QUAT + 4]), proprio[:, QUAT + 4:]], dim=-1)
         if self.cfg.command_input:
             proprio = torch.cat([proprio, batch["command"].to(torch.float32) / self.command_scale], dim=-1)
         inputs["proprio"] = proprio
