@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import COMMAND_DIM, PROPRIO_DIM, ModelConfig
+from .config import COMMAND_DIM, ModelConfig
 
 __all__ = [
     "BACKBONE_GROUP",

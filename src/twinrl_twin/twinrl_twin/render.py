@@ -19,7 +19,7 @@ from typing import Optional
 
 import numpy as np
 
-from .twin_assets import ColouredMesh, PointCloud, TwinAssets
+from .twin_assets import ColouredMesh, PointCloud, TwinAssets, is_rgb
 
 MAX_LINKS = 16
 
@@ -123,7 +123,7 @@ class RenderConfig:
             raise ValueError("ambient and diffuse must be in [0, 2]")
         if np.linalg.norm(self.light_direction) < 1e-6:
             raise ValueError("light_direction must not be zero")
-        if self.background is not None and not all(np.isfinite(c) and 0 <= c <= 1 for c in self.background):
+        if self.background is not None and not is_rgb(self.background):
             raise ValueError(f"background must be three numbers in [0, 1] (RGB) or null, got {self.background!r}")
         if self.max_point_pixels < 1 or self.lp_threads < 0:
             raise ValueError("max_point_pixels must be >= 1 and lp_threads >= 0 (0: llvmpipe's default)")

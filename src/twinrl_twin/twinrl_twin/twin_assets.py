@@ -96,8 +96,17 @@ class TwinBuildConfig:
             raise ValueError(f"robot_model must be auto, urdf or description, got {self.robot_model!r}")
         if self.far_field_width != 0 and not 8 <= self.far_field_width <= 4096:
             raise ValueError(f"far_field_width must be 0 (off) or in 8..4096, got {self.far_field_width}")
-        if self.background is not None and not all(math.isfinite(c) and 0 <= c <= 1 for c in self.background):
+        if self.background is not None and not is_rgb(self.background):
             raise ValueError(f"background must be three numbers in [0, 1] (RGB) or null, got {self.background!r}")
+
+
+def is_rgb(value) -> bool:
+    """Three finite numbers in [0, 1] (a colour of the twin's renders)."""
+    try:
+        c = [float(v) for v in value]
+    except (TypeError, ValueError):
+        return False
+    return len(c) == 3 and all(math.isfinite(v) and 0 <= v <= 1 for v in c)
 
 
 def load_build_config(path=None, overrides=()) -> TwinBuildConfig:
@@ -589,13 +598,10 @@ def load_twin(path) -> TwinAssets:
         poses[key] = v
     background = meta.get("background")
     if background is not None:
-        try:
-            background = tuple(float(c) for c in background)
-        except (TypeError, ValueError):
-            background = ()
-        if len(background) != 3 or not all(math.isfinite(c) and 0 <= c <= 1 for c in background):
+        if not is_rgb(background):
             raise TwinAssetError(meta_path, f"background must be three numbers in [0, 1] (RGB) or null, "
-                                            f"got {meta['background']!r}")
+                                            f"got {background!r}")
+        background = tuple(float(c) for c in background)
     far_field = None
     if meta.get("far_field"):
         path = root / "far_field.npz"
