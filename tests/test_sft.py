@@ -152,11 +152,13 @@ def test_interrupted_training_resumes_exactly(data, tmp_path, monkeypatch, sched
 
 def test_cosine_learning_rate_schedule(data, tmp_path):
     """sft.lr_schedule: cosine warms up linearly, then decays to lr_final_fraction at the last
-    step; the optimiser runs each step at the scheduled rate; constant stays put."""
-    cfg = tiny_sft_config(steps=20, batch_size=4, learning_rate=1e-3, lr_schedule="cosine", warmup_steps=4,
+    step; the optimiser runs each step at the scheduled rate; constant stays put; a warm-up
+    longer than a tenth of the run is cut to that (a 50-step --quick run with the configured
+    100 warm-up steps would otherwise never reach the rate)."""
+    cfg = tiny_sft_config(steps=40, batch_size=4, learning_rate=1e-3, lr_schedule="cosine", warmup_steps=4,
                           lr_final_fraction=0.1)
     tr = SFTTrainer(TASK, data, tmp_path / "c.ckpt", tiny_model_config(), cfg, progress=False, log=lambda s: None)
-    lrs = [tr.learning_rate_at(k) for k in range(20)]
+    lrs = [tr.learning_rate_at(k) for k in range(40)]
     assert lrs[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
     assert lrs[4] == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-4)
     assert all(b < a for a, b in zip(lrs[4:], lrs[5:]))
@@ -169,6 +171,8 @@ def test_cosine_learning_rate_schedule(data, tmp_path):
     tr.optimizer.step = record
     tr.train()
     assert seen == pytest.approx(lrs)
+    tr.cfg = tiny_sft_config(steps=20, learning_rate=1e-3, lr_schedule="cosine", warmup_steps=100)
+    assert [tr.learning_rate_at(k) for k in range(3)] == pytest.approx([5e-4, 1e-3, 1e-3], rel=0.02)
     flat = SFTTrainer(TASK, data, tmp_path / "d.ckpt", tiny_model_config(), tiny_sft_config(steps=5),
                       progress=False, log=lambda s: None)
     assert {flat.learning_rate_at(k) for k in range(5)} == {flat.cfg.learning_rate}

@@ -159,8 +159,9 @@ class SFTConfig:
     object_aux_weight: float = 0.0
     object_yaw_harmonic: int = 2       # k: 2 for objects that look the same after a half turn
     # learning-rate schedule over `steps`: "constant", or "cosine" (linear warm-up over
-    # warmup_steps, then a half cosine from learning_rate down to lr_final_fraction of it at the
-    # last step). A function of the step only, so a resumed run follows the same schedule.
+    # warmup_steps, at most a tenth of `steps`, then a half cosine from learning_rate down to
+    # lr_final_fraction of it at the last step). A function of the step only, so a resumed run
+    # follows the same schedule.
     lr_schedule: str = "constant"
     warmup_steps: int = 0
     lr_final_fraction: float = 0.05

@@ -322,10 +322,11 @@ class SFTTrainer:
         cfg, base = self.cfg, float(self.cfg.learning_rate)
         if cfg.lr_schedule == "constant":
             return base
-        if step < cfg.warmup_steps:
-            return base * (step + 1) / cfg.warmup_steps
-        span = max(cfg.steps - cfg.warmup_steps - 1, 1)
-        t = min(max(step - cfg.warmup_steps, 0) / span, 1.0)
+        warm = min(cfg.warmup_steps, cfg.steps // 10)    # a short run (--quick) still reaches the rate
+        if step < warm:
+            return base * (step + 1) / warm
+        span = max(cfg.steps - warm - 1, 1)
+        t = min(max(step - warm, 0) / span, 1.0)
         final = cfg.lr_final_fraction
         return base * (final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * t)))
 
