@@ -321,14 +321,34 @@ def test_cli_build_and_rollout(twins, tmp_path, capsys):
     assert "nope" in capsys.readouterr().err
 
 
+def _error_against_sim(twin_dirs: dict, camera: str, cell) -> dict:
+    """Mean absolute pixel difference of ``camera`` between the sim world and each pick_and_place
+    twin of ``twin_dirs`` (name -> directory), all in the sim's start configuration of ``cell``."""
+    from twinrl_policy.evaluation import sim_env_factory
+    from twinrl_twin.twin_env import make_twin_env
+
+    sim = sim_env_factory("pick_and_place", 0, {}, None)
+    errors = {}
+    try:
+        obs, info = sim.reset(seed=3, options={"cell": cell})
+        for name, d in twin_dirs.items():
+            env = make_twin_env(d, render=True)
+            try:
+                tw, _ = env.reset(seed=3, options={"configuration": info["configuration"]})
+                errors[name] = float(np.abs(tw[camera].astype(float) - obs[camera]).mean())
+            finally:
+                env.close()
+    finally:
+        sim.close()
+    return errors
+
+
 def test_twin_draws_the_generated_robot_as_the_sim_does(twins, tmp_path):
     """The generated URDF approximates the sim's capsules by flat-ended cylinders; the twin
     draws the robot from the FR3 description instead (robot_model: auto), and its wrist view
     then looks like the sim's, where the cylinders' ends filled its lower part."""
-    from twinrl_policy.evaluation import sim_env_factory
     from twinrl_twin.scan import load_groundtruth
     from twinrl_twin.twin_assets import build_twin, load_build_config
-    from twinrl_twin.twin_env import make_twin_env
 
     auto_dir = twins("pick_and_place")
     scan = auto_dir.parent / "scan_pick_and_place"
@@ -337,19 +357,7 @@ def test_twin_draws_the_generated_robot_as_the_sim_does(twins, tmp_path):
     cfg.robot_model = "urdf"
     build_twin(scan, tmp_path / "urdf_twin", "pick_and_place", load_groundtruth(scan).scan_to_base, "groundtruth",
                cfg=cfg, preview=False)
-    sim = sim_env_factory("pick_and_place", 0, {}, None)
-    errors = {}
-    try:
-        obs, info = sim.reset(seed=3, options={"cell": (1, 2)})
-        for name, d in (("auto", auto_dir), ("urdf", tmp_path / "urdf_twin")):
-            env = make_twin_env(d, render=True)
-            try:
-                tw, _ = env.reset(seed=3, options={"configuration": info["configuration"]})
-                errors[name] = float(np.abs(tw["wrist"].astype(float) - obs["wrist"]).mean())
-            finally:
-                env.close()
-    finally:
-        sim.close()
+    errors = _error_against_sim({"auto": auto_dir, "urdf": tmp_path / "urdf_twin"}, "wrist", (1, 2))
     assert errors["auto"] < 0.8 * errors["urdf"], errors
     cfg.robot_model = "meshes"
     with pytest.raises(ValueError, match="robot_model must be auto, urdf or description"):
@@ -360,11 +368,9 @@ def test_far_field_panorama_shows_what_the_scan_saw_beyond_the_scene(twins, tmp_
     """What the scan's cameras saw with no depth or beyond the scene radius (the sim cell's black
     sky over its grey floor) becomes a panorama drawn behind the twin: its third-person view is
     then closer to the sim's than with a flat clear colour (the older twins' grey)."""
-    from twinrl_policy.evaluation import sim_env_factory
     from twinrl_twin.render import DEFAULT_BACKGROUND
     from twinrl_twin.scan import load_groundtruth
     from twinrl_twin.twin_assets import build_twin, load_build_config
-    from twinrl_twin.twin_env import make_twin_env
 
     pano_dir = twins("pick_and_place")
     assets = load_twin(pano_dir)
@@ -378,19 +384,7 @@ def test_far_field_panorama_shows_what_the_scan_saw_beyond_the_scene(twins, tmp_
     build_twin(scan, tmp_path / "flat", "pick_and_place", load_groundtruth(scan).scan_to_base, "groundtruth",
                cfg=cfg, preview=False)
     assert load_twin(tmp_path / "flat").far_field is None
-    sim = sim_env_factory("pick_and_place", 0, {}, None)
-    errors = {}
-    try:
-        obs, info = sim.reset(seed=3, options={"cell": (2, 4)})
-        for name, d in (("panorama", pano_dir), ("flat", tmp_path / "flat")):
-            env = make_twin_env(d, render=True)
-            try:
-                tw, _ = env.reset(seed=3, options={"configuration": info["configuration"]})
-                errors[name] = float(np.abs(tw["third_person"].astype(float) - obs["third_person"]).mean())
-            finally:
-                env.close()
-    finally:
-        sim.close()
+    errors = _error_against_sim({"panorama": pano_dir, "flat": tmp_path / "flat"}, "third_person", (2, 4))
     assert errors["panorama"] < 0.7 * errors["flat"], errors
     for bad in (["far_field_width=3"], ["background=[0.5, 2.0, 0.0]"]):
         with pytest.raises(ValueError, match=bad[0].split("=")[0]):
