@@ -52,6 +52,9 @@ __all__ = [
 
 MAGIC = b"TWINRL-POLICY\n"
 FORMAT_VERSION = 1
+# model options added after checkpoints were first written, as those checkpoints were trained:
+# without the commanded-target input, with the TCP quaternion fed as it came
+LEGACY_MODEL_OPTIONS = {"command_input": False, "proprio_rotation": "quaternion"}
 PAYLOAD_KEYS = ("format_version", "version", "model_config", "norm_stats", "tasks", "metadata", "state_dict")
 _MAX_HEADER = 1 << 16
 
@@ -202,12 +205,9 @@ def load_checkpoint(path) -> PolicyCheckpoint:
     if payload["format_version"] != FORMAT_VERSION:
         raise CheckpointError(path, f"payload format_version {payload['format_version']!r} != {FORMAT_VERSION}")
     stored = payload["model_config"]
-    if isinstance(stored, dict) and "command_input" not in stored:
-        # checkpoints from before the commanded-target input were trained without it
-        stored = dict(stored, command_input=False)
-    if isinstance(stored, dict) and "proprio_rotation" not in stored:
-        # checkpoints from before the rotation option fed the quaternion as it came
-        stored = dict(stored, proprio_rotation="quaternion")
+    if isinstance(stored, dict):
+        # options a checkpoint from before them was trained without
+        stored = {**LEGACY_MODEL_OPTIONS, **stored}
     try:
         cfg = from_dict(stored, ModelConfig, source=str(path), prefix="model_config")
     except ConfigError as exc:

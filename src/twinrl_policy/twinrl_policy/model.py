@@ -30,6 +30,8 @@ from torch import nn
 
 from .backbones import build_backbone
 from .config import ACTION_DIM, COMMAND_DIM, COMMAND_SCALE, PROPRIO_DIM, ModelConfig
+from .distributions import TanhGaussian
+from .normalization import NormStats
 
 QUAT = 17          # proprio[17:21]: TCP orientation (x, y, z, w), PROPRIO_LAYOUT
 
@@ -43,8 +45,7 @@ def quat_to_rot6d(q: torch.Tensor) -> torch.Tensor:
     col0 = torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y + z * w), 2 * (x * z - y * w)], dim=-1)
     col1 = torch.stack([2 * (x * y - z * w), 1 - 2 * (x * x + z * z), 2 * (y * z + x * w)], dim=-1)
     return torch.cat([col0, col1], dim=-1)
-from .distributions import TanhGaussian
-from .normalization import NormStats
+
 
 OBJECT_DIM = 4   # object head output: x, y (standardised), sin k*yaw, cos k*yaw
 
