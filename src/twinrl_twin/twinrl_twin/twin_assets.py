@@ -327,7 +327,7 @@ def far_field_panorama(scan, alignment, radius: float, width: int = 128, stride:
     far-field assumption (parallax between those cameras and the twin's is ignored)."""
     from scipy import ndimage
 
-    if not scan.frames or not all(f.depth_path is not None for f in scan.frames):
+    if not scan.has_depth:
         return None, None
     R = np.asarray(alignment.rotation, float)
     dirs, cols = [], []
@@ -336,7 +336,8 @@ def far_field_panorama(scan, alignment, radius: float, width: int = 128, stride:
         v, u = np.mgrid[0:depth.shape[0]:stride, 0:depth.shape[1]:stride]
         d = depth[v, u]
         intr = f.intrinsics
-        ray = np.stack([(u + 0.5 - intr.cx) / intr.fx, (v + 0.5 - intr.cy) / intr.fy, np.ones(u.shape)], -1)
+        # optical-frame rays at z = 1, pixel convention of scan.backproject (which the Gaussians came from)
+        ray = np.stack([(u - intr.cx) / intr.fx, (v - intr.cy) / intr.fy, np.ones(u.shape)], -1)
         far = ~(d > 0)
         near = ~far
         if near.any():
