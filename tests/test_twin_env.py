@@ -79,6 +79,37 @@ def test_spaces_equal_the_sims(twins):
         twin.close()
 
 
+def test_joint_velocities_are_the_sims_end_of_step_velocities(twins):
+    """The twin reports the velocity at the end of the step as the sim does, not the step's mean
+    motion (which lags it by half a step): closer to the sim's than the finite difference."""
+    from twinrl_twin.sim import make_env
+    from twinrl_twin.twin_env import end_of_step_velocity, make_twin_env
+
+    # a steady velocity is read as itself, a steady ramp at its end
+    assert np.allclose(end_of_step_velocity(np.full(7, 0.01), np.full(7, 0.01), 0.1), 0.1)
+    assert np.allclose(end_of_step_velocity(np.full(7, 0.02), np.full(7, 0.01), 0.1), 0.25)
+    sim = make_env("pick_and_place", render=False)
+    twin = make_twin_env(twins("pick_and_place"), render=False)
+    try:
+        sim.reset(seed=5)
+        to, _ = twin.reset(seed=5)
+        rng = np.random.default_rng(0)
+        actions = [np.r_[rng.uniform(-0.03, 0.03, 3), 0, 0, rng.uniform(-0.1, 0.1), -1.0] for _ in range(6)]
+        actions += [np.r_[np.zeros(6), -1.0]] * 3
+        err_end, err_mean = [], []
+        for a in actions:
+            q0 = to["joint_positions"].copy()
+            so, *_ = sim.step(a)
+            to, *_ = twin.step(a)
+            err_end.append(to["joint_velocities"] - so["joint_velocities"])
+            err_mean.append((to["joint_positions"] - q0) / twin.control_dt - so["joint_velocities"])
+        rms_end, rms_mean = (float(np.sqrt(np.mean(np.square(e)))) for e in (err_end, err_mean))
+        assert rms_end < 0.8 * rms_mean, (rms_end, rms_mean)
+    finally:
+        sim.close()
+        twin.close()
+
+
 def test_grasp_attach_and_release(twins):
     from twinrl_twin.twin_env import make_twin_env
 

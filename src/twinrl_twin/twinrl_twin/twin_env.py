@@ -83,6 +83,17 @@ def load_interaction_config(path=None, overrides=()) -> InteractionConfig:
                        overrides=overrides, section="interaction")
 
 
+def end_of_step_velocity(dq: np.ndarray, dq_prev: np.ndarray, dt: float) -> np.ndarray:
+    """Joint velocity at the end of a step from the joint motion of this step and the one before.
+
+    A step's motion over ``dt`` is its mean velocity, i.e. the velocity at mid-step when the
+    velocity changes steadily; the end of the step lies half a step beyond, so the velocity is
+    extrapolated by half the change between the two mean velocities: 1.5 v_t - 0.5 v_{t-1}.
+    The sim world and the robot report the measured velocity at the moment of the observation,
+    not the step's mean (which lags it by half a step)."""
+    return (1.5 * np.asarray(dq, float) - 0.5 * np.asarray(dq_prev, float)) / dt
+
+
 def _mat_quat(R: np.ndarray) -> np.ndarray:
     """Rotation matrix -> unit quaternion (x, y, z, w), w >= 0 (MuJoCo's fast conversion)."""
     q = np.empty(4)
@@ -391,11 +402,11 @@ class TwinEnv:
     def _track_joint_targets(self) -> None:
         """One control step of the arm following its joint targets (see InteractionConfig)."""
         c = self.icfg
-        q_prev = self._q.copy()
+        q_prev, dq_prev = self._q.copy(), self._dq
         self._dq = c.arm_damping * self._dq + c.arm_gain * (self._q_des - self._q)
         self._q = self.safety.clip_joints(self._q + self._dq)
         self._dq = self._q - q_prev
-        self._qvel = self._dq / self.control_dt
+        self._qvel = end_of_step_velocity(self._dq, dq_prev, self.control_dt)
 
     # -- state ---------------------------------------------------------------------------------
     def tcp_pose(self) -> tuple[np.ndarray, np.ndarray]:
