@@ -6,7 +6,8 @@ For one task: record ``--real`` scripted-expert episodes from the ID region of t
 one of the real demos (stage I, ``--method``) over ID and OOD cells, then train one SFT policy
 per data mix and evaluate each over the whole grid in the sim world. Mixes (paper Table I):
 real only, +30 ID/+30 OOD, +60 ID/+30 OOD, +30 ID/+60 OOD twin demos (``--mixes`` changes
-them). Prints ID, OOD and average success rates with deltas against real-only, and writes
+them). With ``--set sft.align_weight=W`` the real demos are also replayed in the twin and the
+twin mixes train with the paired feature-alignment loss. Prints ID, OOD and average success rates with deltas against real-only, and writes
 ``table1_<task>.json``, ``table1_<task>.png`` (SR per mix) and one heatmap per mix to --out.
 
     python bench/table1.py --task pick_and_place [--real 30] [--steps 3000] [--batch 64]
@@ -184,6 +185,19 @@ def main() -> int:
         ckpt_tag += "_" + hashlib.sha1("\n".join(sorted(args.set)).encode()).hexdigest()[:8]
     if args.alpha is not None:
         sft_over.append(f"alpha={args.alpha}")
+    pair_dirs = []
+    if load_sft_config(None, sft_over).align_weight > 0 and (n_id or n_ood):
+        # the real demos replayed in the twin: pairs for the feature-alignment loss (twin mixes only)
+        from twinrl_twin.demogen.replay import pair_demos
+
+        pdir = root / f"pairs_{tag}_s{args.seed}{post}"
+        if not pdir.exists() or len(Dataset(pdir)) < args.real:
+            if pdir.exists():
+                shutil.rmtree(pdir)
+            info = pair_demos(twin, real, pdir, camera_overrides=camera_overrides(size), progress=progress)
+            print(f"pairs: {info['count']} real demos replayed in the twin ({info['twin_successes']} succeed there)",
+                  flush=True)
+        pair_dirs = [pdir]
     rows = []
     for mid, mood in args.mixes:
         name = "real only" if (mid, mood) == (0, 0) else f"+{mid} ID / +{mood} OOD twin"
@@ -209,7 +223,8 @@ def main() -> int:
             if not ckpt.exists():
                 trainer = SFTTrainer(args.task, data, ckpt, model_cfg,
                                      load_sft_config(None, sft_over + [f"seed={seed}"]), progress=progress,
-                                     log=lambda s: print(s, file=sys.stderr))
+                                     log=lambda s: print(s, file=sys.stderr),
+                                     pair_dirs=pair_dirs if (mid or mood) else ())
                 res = trainer.train()
                 train_s, sps = time.monotonic() - t0, res.samples_per_second
             else:

@@ -46,6 +46,15 @@ def test_table1_tiny_run(tmp_path, ros_env):
     r2 = subprocess.run(cmd, env=ros_env, capture_output=True, text=True, timeout=600)
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert "SFT pick_and_place" not in r2.stderr
+    # with the alignment loss: the real demos are replayed in the twin and the twin mix trains on
+    # the pairs (a checkpoint of its own)
+    r3 = subprocess.run(cmd[:cmd.index("--mixes")] + ["--mixes", "2/1", "--seeds", "1", "--set", "sft.align_weight=1.0"]
+                        + cmd[cmd.index("--steps"):], env=ros_env, capture_output=True, text=True, timeout=600)
+    assert r3.returncode == 0, r3.stdout[-3000:] + r3.stderr[-3000:]
+    assert "pairs: 2 real demos replayed in the twin" in r3.stdout
+    assert "paired feature alignment on" in r3.stderr and "paired twin/real feature distance" in r3.stderr
+    assert len(Dataset(next((tmp_path / "w").glob("pairs_*")))) == 2
+    assert len(list((tmp_path / "w").glob("sft_2_1_*_s0.ckpt"))) == 2
 
 
 def test_table1_rejects_a_bad_mix_or_seed_count(ros_env):

@@ -1,8 +1,9 @@
 """``twinrl train`` and ``twinrl eval``: training stages and policy evaluation.
 
 ``twinrl train sft --task T --data DIR [DIR ...] [--alpha A] --out CKPT [--steps N]
-[--batch B] [--quick]`` runs supervised fine-tuning (twinrl_policy.sft) on real + twin
-demonstrations. Running the same command again after an interruption resumes from
+[--batch B] [--quick] [--pairs DIR [DIR ...] [--align-weight W]]`` runs supervised
+fine-tuning (twinrl_policy.sft) on real + twin demonstrations; ``--pairs``: real demos
+replayed in the twin (``twinrl demos pair``) for the paired feature-alignment loss. Running the same command again after an interruption resumes from
 ``CKPT.state``; ``--no-resume`` starts over.
 
 ``twinrl eval grid --policy CKPT --world sim [twin --twin DIR] --task T --rollouts-per-cell K
@@ -44,11 +45,13 @@ def run_sft(args) -> int:
         sft_over.append(f"alpha={args.alpha}")
     if args.threads is not None:
         sft_over.append(f"num_threads={args.threads}")
+    if args.align_weight is not None:
+        sft_over.append(f"align_weight={args.align_weight}")
     model_cfg = load_model_config(args.config, model_over)
     sft_cfg = load_sft_config(args.config, sft_over)
     trainer = SFTTrainer(args.task, args.data, args.out, model_cfg, sft_cfg, logdir=args.logdir,
                          version=args.version, resume=not args.no_resume, progress=not args.no_progress,
-                         log=lambda s: print(s, file=sys.stderr))
+                         log=lambda s: print(s, file=sys.stderr), pair_dirs=args.pairs or ())
     result = trainer.train()
     print(f"checkpoint: {result.checkpoint}")
     print(f"sha256: {result.sha256}")
@@ -71,6 +74,11 @@ def register_train(subparsers) -> None:
     sft.add_argument("--out", required=True, metavar="CKPT", help="checkpoint to write")
     sft.add_argument("--steps", type=int, default=None, help="training steps (default: config sft.steps)")
     sft.add_argument("--batch", type=int, default=None, help="batch size (default: config sft.batch_size)")
+    sft.add_argument("--pairs", nargs="+", default=None, metavar="DIR",
+                     help="paired datasets: the real demos of --data replayed in the twin (twinrl demos pair), "
+                          "for the feature-alignment loss")
+    sft.add_argument("--align-weight", type=float, default=None,
+                     help="weight of the paired feature-alignment loss (default: config sft.align_weight)")
     sft.add_argument("--quick", action="store_true", help="a short smoke run (50 steps of 8 samples)")
     sft.add_argument("--config", default=None, help="policy config YAML (default: config/policy.yaml)")
     sft.add_argument("--set", action="append", metavar="KEY=VALUE",

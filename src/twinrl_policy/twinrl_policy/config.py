@@ -165,6 +165,14 @@ class SFTConfig:
     lr_schedule: str = "constant"
     warmup_steps: int = 0
     lr_final_fraction: float = 0.05
+    # paired feature alignment (needs pair datasets: real demos replayed in the twin, `twinrl
+    # demos pair`): each step also draws align_batch (real step, twin image of the same moment)
+    # pairs and adds align_weight x the squared distance between the backbone features of the
+    # twin's images and of the real images (held fixed), relative to that of unrelated real
+    # images (SFTTrainer.alignment_loss). Pulls what the policy sees in twin images onto what it
+    # sees in real ones. 0 = off
+    align_weight: float = 0.0
+    align_batch: int = 16
 
     def validate(self) -> None:
         if self.lr_schedule not in ("constant", "cosine"):
@@ -189,6 +197,10 @@ class SFTConfig:
             raise ValueError("save_every and log_every must be >= 1")
         if set(self.real_sources) & set(self.twin_sources):
             raise ValueError("real_sources and twin_sources overlap")
+        if not (self.align_weight >= 0.0 and math.isfinite(self.align_weight)):
+            raise ValueError(f"align_weight: must be >= 0, got {self.align_weight}")
+        if self.align_batch < 2:
+            raise ValueError(f"align_batch: must be >= 2 (the spread of the real features), got {self.align_batch}")
 
 
 def _path(path: Optional[str]):

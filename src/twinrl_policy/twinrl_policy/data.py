@@ -21,7 +21,8 @@ from twinrl_bringup.safety import SafetyEnvelope, load_safety_config
 
 from .config import ModelConfig
 
-__all__ = ["DemoPool", "idle_steps", "load_demo_pools", "object_labels", "sample_indices"]
+__all__ = ["DemoPool", "PairPool", "idle_steps", "load_demo_pools", "load_pair_pool", "object_labels",
+           "sample_indices"]
 
 
 @dataclass
@@ -39,6 +40,8 @@ class DemoPool:
     object_valid: Optional[np.ndarray] = None   # (N,) bool
     # index (into this pool) of the last step of each step's episode; default: one episode
     episode_end: Optional[np.ndarray] = None    # (N,) int64
+    # episode id -> (T,) index into this pool of each of the episode's steps (-1: left out)
+    episode_steps: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if self.episode_end is None:
@@ -115,7 +118,8 @@ def load_demo_pools(dirs: Sequence, task: str, cfg: ModelConfig, real_sources=("
     if not dirs:
         raise ValueError("no dataset directories given")
     cfg.task_index(task)  # the policy must know the task
-    keys = ("third_person", "wrist", "proprio", "command", "action", "object_pose", "object_valid", "length")
+    keys = ("third_person", "wrist", "proprio", "command", "action", "object_pose", "object_valid", "length",
+            "steps")
     parts = {"real": {k: [] for k in keys}, "twin": {k: [] for k in keys}}
     ids = {"real": [], "twin": []}
     info = {"ignored_episodes": 0, "skipped_files": [], "idle_steps_skipped": 0}
@@ -149,6 +153,8 @@ def load_demo_pools(dirs: Sequence, task: str, cfg: ModelConfig, real_sources=("
         obj, valid = object_labels(ep.initial_configuration, ep.actions)
         parts[pool]["object_pose"].append(obj[keep])
         parts[pool]["object_valid"].append(valid[keep])
+        start = sum(parts[pool]["length"])
+        parts[pool]["steps"].append(np.where(keep, start + np.cumsum(keep) - 1, -1).astype(np.int64))
         parts[pool]["length"].append(int(keep.sum()))
         ids[pool].append(ep.episode_id)
     pools = []
@@ -163,12 +169,66 @@ def load_demo_pools(dirs: Sequence, task: str, cfg: ModelConfig, real_sources=("
                               command=np.concatenate(p["command"]).astype(np.float32),
                               object_pose=np.concatenate(p["object_pose"]).astype(np.float32),
                               object_valid=np.concatenate(p["object_valid"]).astype(bool),
-                              episode_end=np.repeat(np.cumsum(p["length"]) - 1, p["length"]).astype(np.int64)))
+                              episode_end=np.repeat(np.cumsum(p["length"]) - 1, p["length"]).astype(np.int64),
+                              episode_steps=dict(zip(ids[name], p["steps"]))))
     if not len(pools[0]) and not len(pools[1]):
         raise ValueError(f"no usable episodes of task {task!r} in {', '.join(str(d) for d in dirs)}")
     info["real_steps"], info["twin_steps"] = len(pools[0]), len(pools[1])
     info["real_episodes"], info["twin_episodes"] = len(ids["real"]), len(ids["twin"])
     return pools[0], pools[1], info
+
+
+@dataclass
+class PairPool:
+    """Paired observations: the twin's images of the same moment as a real pool step (a real
+    demonstration replayed in the twin, ``twinrl demos pair``)."""
+    real_index: np.ndarray            # (M,) int64 index into the real pool
+    third_person: np.ndarray          # (M, H, W, 3) uint8, the twin's
+    wrist: np.ndarray                 # (M, h, w, 3) uint8, the twin's
+    episodes: list[str] = field(default_factory=list)   # twin episode ids
+
+    def __len__(self) -> int:
+        return int(len(self.real_index))
+
+
+def load_pair_pool(dirs: Sequence, task: str, cfg: ModelConfig, real: DemoPool,
+                   progress: bool = True) -> tuple[PairPool, dict]:
+    """Twin episodes of ``dirs`` whose ``extra["pair_of"]`` names an episode of the real pool,
+    joined step by step (step k of the twin replay with step k of the real episode; steps the
+    real pool left out, and the replay's settle steps past the real episode, are dropped).
+    Returns the pool and counts: paired and unmatched episodes, pairs."""
+    if not dirs:
+        raise ValueError("no pair dataset directories given")
+    index, tps, wrs, eps = [], [], [], []
+    info = {"pair_episodes": 0, "unmatched_episodes": 0, "skipped_files": []}
+    selected = []
+    for d in dirs:
+        if not Path(d).is_dir():
+            raise DatasetError(d, "pair dataset directory does not exist")
+        ds = Dataset(d).filter(task=task)
+        info["skipped_files"] += list(ds.skipped)
+        selected += [(ds, i) for i in range(len(ds))]
+    for ds, i in tqdm(selected, desc="loading pairs", unit="ep", disable=not progress, leave=False):
+        ep = ds.load(i)
+        steps = real.episode_steps.get((ep.extra or {}).get("pair_of"))
+        if steps is None:
+            info["unmatched_episodes"] += 1
+            continue
+        _check_images(ds.path(i), ep.observations, cfg)
+        n = min(len(steps), len(ep.observations["proprio"]))
+        k = np.flatnonzero(steps[:n] >= 0)
+        index.append(steps[k])
+        tps.append(np.asarray(ep.observations["third_person"])[k])
+        wrs.append(np.asarray(ep.observations["wrist"])[k])
+        eps.append(ep.episode_id)
+        info["pair_episodes"] += 1
+    if not eps:
+        pool = PairPool(np.zeros(0, np.int64), np.zeros((0, *cfg.third_person_size, 3), np.uint8),
+                        np.zeros((0, *cfg.wrist_size, 3), np.uint8))
+    else:
+        pool = PairPool(np.concatenate(index), np.concatenate(tps), np.concatenate(wrs), eps)
+    info["pairs"] = len(pool)
+    return pool, info
 
 
 def idle_steps(actions: np.ndarray, tol: float = 1e-6) -> np.ndarray:

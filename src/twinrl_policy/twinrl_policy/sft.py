@@ -12,6 +12,9 @@ Outputs, for ``out = policy.ckpt``:
   history), written with the checkpoint; a new run with the same ``out`` resumes from it,
   reproducing the uninterrupted run exactly (same batches, same augmentations);
 * TensorBoard scalars under ``logdir`` (default ``policy_tb/`` beside the checkpoint).
+
+With pair datasets (``pair_dirs``: real demonstrations replayed in the twin) and
+``sft.align_weight`` > 0, a paired feature-alignment term is added (:meth:`SFTTrainer.alignment_loss`).
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ from twinrl_bringup.config import from_dict, to_dict
 from .augment import augment_images
 from .checkpoint import file_sha256, save_checkpoint
 from .config import ModelConfig, SFTConfig
-from .data import DemoPool, load_demo_pools, sample_indices
+from .data import DemoPool, PairPool, load_demo_pools, load_pair_pool, sample_indices
 from .distributions import TanhGaussian
 from .model import VisuomotorPolicy, images_to_tensor
 from .normalization import NormStats
@@ -139,7 +142,8 @@ def format_action_fit(fit: dict) -> str:
 class SFTTrainer:
     def __init__(self, task: str, data_dirs: Sequence, out, model_cfg: ModelConfig, sft_cfg: SFTConfig,
                  logdir=None, version: int = 1, resume: bool = True, progress: bool = True,
-                 log: Callable[[str], None] = print, pools: Optional[tuple[DemoPool, DemoPool]] = None):
+                 log: Callable[[str], None] = print, pools: Optional[tuple[DemoPool, DemoPool]] = None,
+                 pair_dirs: Sequence = (), pairs: Optional[PairPool] = None):
         self.task = task
         self.out = Path(out)
         self.model_cfg = model_cfg
@@ -200,6 +204,30 @@ class SFTTrainer:
             log(f"resuming from {st} at step {self.step}")
         self.task_index = model_cfg.task_index(task)
         self._setup_object_aux()
+        self._setup_alignment(pair_dirs, pairs)
+
+    def _setup_alignment(self, pair_dirs: Sequence, pairs: Optional[PairPool]) -> None:
+        """The paired feature-alignment loss (sft.align_weight): pairs from ``pair_dirs`` (or given);
+        off with a warning when there are none, and pairs without the weight are left unused."""
+        self.align_weight = float(self.cfg.align_weight)
+        self.last_align_loss = float("nan")
+        if pairs is None and pair_dirs:
+            pairs, info = load_pair_pool(pair_dirs, self.task, self.model_cfg, self.real, self.progress)
+            for path, reason in info["skipped_files"]:
+                self.log(f"skipped {path}: {reason}")
+            if info["unmatched_episodes"]:
+                self.log(f"warning: {info['unmatched_episodes']} pair episodes name no real episode of the "
+                         f"training data (extra.pair_of); left out")
+        self.pairs = pairs if pairs is not None and len(pairs) else None
+        if self.align_weight > 0 and self.pairs is None:
+            self.log("warning: sft.align_weight > 0 but no paired twin/real steps (train sft --pairs DIR: real "
+                     "demos replayed in the twin, twinrl demos pair); alignment off")
+            self.align_weight = 0.0
+        elif self.align_weight <= 0 and self.pairs is not None:
+            self.log(f"warning: {len(self.pairs)} paired steps given but sft.align_weight is 0; not used")
+        elif self.pairs is not None:
+            self.log(f"paired feature alignment on {len(self.pairs)} steps of {len(self.pairs.episodes)} "
+                     f"replays (weight {self.align_weight}, {self.cfg.align_batch} pairs per step)")
 
     def _setup_object_aux(self) -> None:
         """The auxiliary object-pose loss (sft.object_aux_weight): standardisation of the
@@ -293,6 +321,36 @@ class SFTTrainer:
                 self.last_object_loss = float(err.detach())
         return objective, loss
 
+    def alignment_loss(self, idx: Optional[np.ndarray] = None) -> torch.Tensor:
+        """Mean squared distance between the backbone features of the twin's images and of the
+        real images of the same moments (the real side held fixed: it is what the policy meets on
+        the robot), relative to the distance the real images of *other* moments give (each
+        sample's images swapped with the next sample's): 1 means the twin's image of a moment
+        is as far from the real one as an unrelated image, 0 that the policy cannot tell them
+        apart. Every feature pass gets the real step's proprioception and command, so distances
+        are the images'. ``idx``: pair indices (default: ``align_batch`` drawn at random)."""
+        if idx is None:
+            idx = torch.randint(0, len(self.pairs), (self.cfg.align_batch,), generator=self.generator).numpy()
+        real = make_batch(self.policy, self.real.batch(self.pairs.real_index[idx]), self.task_index)
+        twin = dict(real, third_person=images_to_tensor(self.pairs.third_person[idx]),
+                    wrist=images_to_tensor(self.pairs.wrist[idx]))
+        other = dict(real, third_person=real["third_person"].roll(1, 0), wrist=real["wrist"].roll(1, 0))
+        with torch.no_grad():
+            f_real = self.policy.features(real)
+            unrelated = (self.policy.features(other) - f_real).pow(2).sum(-1).mean().clamp_min(1e-8)
+        f_twin = self.policy.features(twin)
+        return (f_twin - f_real).pow(2).sum(-1).mean() / unrelated
+
+    @torch.no_grad()
+    def alignment_distance(self, max_samples: int = 256) -> float:
+        """:meth:`alignment_loss` over a fixed sample of (up to ``max_samples``) pairs, eval mode."""
+        if self.pairs is None:
+            return float("nan")
+        idx = np.sort(np.random.default_rng(0).choice(len(self.pairs), size=min(len(self.pairs), max_samples),
+                                                      replace=False))
+        self.policy.eval()
+        return float(self.alignment_loss(idx))
+
     @torch.no_grad()
     def object_fit(self, max_samples: int = 512) -> dict:
         """Object head on (up to ``max_samples``) labelled training steps: mean absolute x / y
@@ -336,6 +394,10 @@ class SFTTrainer:
             group["lr"] = self.learning_rate_at(self.step)
         batch, y, real_frac = self._batch()
         objective, loss = self.objective(batch, y)
+        if self.align_weight > 0:
+            align = self.alignment_loss()
+            objective = objective + self.align_weight * align
+            self.last_align_loss = float(align.detach())
         self.optimizer.zero_grad(set_to_none=True)
         objective.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.grad_clip))
@@ -346,6 +408,7 @@ class SFTTrainer:
     def save(self) -> str:
         meta = {"stage": "sft", "task": self.task, "step": self.step, "alpha": self.cfg.alpha,
                 "real_episodes": len(self.real.episodes), "twin_episodes": len(self.twin.episodes),
+                "align_weight": self.align_weight, "pair_episodes": len(self.pairs.episodes) if self.pairs else 0,
                 "final_loss": self.losses[-1] if self.losses else None}
         sha = save_checkpoint(self.out, self.policy, version=self.version, metadata=meta)
         st = state_path(self.out)
@@ -388,6 +451,8 @@ class SFTTrainer:
                         writer.add_scalar("sft/lr", self.optimizer.param_groups[0]["lr"], self.step)
                         if self.object_weight > 0:
                             writer.add_scalar("sft/loss_object", self.last_object_loss, self.step)
+                        if self.align_weight > 0:
+                            writer.add_scalar("sft/loss_align", self.last_align_loss, self.step)
                 if self.step % self.cfg.save_every == 0 and self.step < total:
                     self.save()
             sha = self.save()
@@ -408,6 +473,9 @@ class SFTTrainer:
             self.log(format_action_fit(fit))
         if self.object_weight > 0:
             self.log(format_object_fit(self.object_fit()))
+        if self.pairs is not None:
+            self.log(f"paired twin/real feature distance (relative to unrelated real images', 1 = as far): "
+                     f"{self.alignment_distance():.3f}")
         return SFTResult(self.out, sha or file_sha256(self.out), self.step,
                          self.losses[-1] if self.losses else float("nan"), list(self.losses), rate,
                          self.resumed_from, fit)
