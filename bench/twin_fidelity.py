@@ -115,12 +115,11 @@ def main() -> int:
     results = {}
     variants = [("twin", Path(twin))]
     if args.peer:
-        from twinrl_twin.render import DEFAULT_BACKGROUND
         from twinrl_twin.scan import load_groundtruth
-        from twinrl_twin.twin_assets import build_twin as build, load_build_config, load_twin
+        from twinrl_twin.twin_assets import build_twin as build, flat_background_overrides, load_build_config, load_twin
 
         scan = Path(load_twin(twin).meta["scan"])
-        cfg = load_build_config(None, ["far_field_width=0", f"background=[{', '.join(map(str, DEFAULT_BACKGROUND))}]"])
+        cfg = load_build_config(None, flat_background_overrides())
         peer = root / "twin_flat_background"
         build(scan, peer, args.task, load_groundtruth(scan).scan_to_base, "groundtruth", cfg=cfg, preview=False,
               overwrite=True)

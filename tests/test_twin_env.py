@@ -399,9 +399,8 @@ def test_far_field_panorama_shows_what_the_scan_saw_beyond_the_scene(twins, tmp_
     """What the scan's cameras saw with no depth or beyond the scene radius (the sim cell's black
     sky over its grey floor) becomes a panorama drawn behind the twin: its third-person view is
     then closer to the sim's than with a flat clear colour (the older twins' grey)."""
-    from twinrl_twin.render import DEFAULT_BACKGROUND
     from twinrl_twin.scan import load_groundtruth
-    from twinrl_twin.twin_assets import build_twin, load_build_config
+    from twinrl_twin.twin_assets import build_twin, flat_background_overrides, load_build_config
 
     pano_dir = twins("pick_and_place")
     assets = load_twin(pano_dir)
@@ -411,7 +410,7 @@ def test_far_field_panorama_shows_what_the_scan_saw_beyond_the_scene(twins, tmp_
     assert np.median(pano[:16]) > 80                     # below -45 deg: its grey floor
     assert assets.background == pytest.approx((0.0, 0.0, 0.0), abs=0.05)   # the median far-field colour
     scan = pano_dir.parent / "scan_pick_and_place"
-    cfg = load_build_config(None, ["far_field_width=0", f"background=[{', '.join(map(str, DEFAULT_BACKGROUND))}]"])
+    cfg = load_build_config(None, flat_background_overrides())
     build_twin(scan, tmp_path / "flat", "pick_and_place", load_groundtruth(scan).scan_to_base, "groundtruth",
                cfg=cfg, preview=False)
     assert load_twin(tmp_path / "flat").far_field is None

@@ -114,6 +114,14 @@ def load_build_config(path=None, overrides=()) -> TwinBuildConfig:
                        overrides=overrides, section="build")
 
 
+def flat_background_overrides() -> list[str]:
+    """Build overrides of a twin drawn as those built before the far field: no panorama and the
+    renderer's flat grey clear colour (the peer that the far field is measured against)."""
+    from .render import DEFAULT_BACKGROUND
+
+    return ["far_field_width=0", f"background=[{', '.join(map(str, DEFAULT_BACKGROUND))}]"]
+
+
 @dataclass
 class PointCloud:
     positions: np.ndarray          # (N, 3) float32
