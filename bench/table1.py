@@ -6,8 +6,9 @@ For one task: record ``--real`` scripted-expert episodes from the ID region of t
 one of the real demos (stage I, ``--method``) over ID and OOD cells, then train one SFT policy
 per data mix and evaluate each over the whole grid in the sim world. Mixes (paper Table I):
 real only, +30 ID/+30 OOD, +60 ID/+30 OOD, +30 ID/+60 OOD twin demos (``--mixes`` changes
-them). With ``--set sft.align_weight=W`` the real demos are also replayed in the twin and the
-twin mixes train with the paired feature-alignment loss. Prints ID, OOD and average success rates with deltas against real-only, and writes
+them). The real demos are also replayed in the twin and the twin mixes train with the paired
+feature-alignment loss (``sft.align_weight``, config/policy.yaml; ``--set sft.align_weight=0``
+turns it off). Prints ID, OOD and average success rates with deltas against real-only, and writes
 ``table1_<task>.json``, ``table1_<task>.png`` (SR per mix) and one heatmap per mix to --out.
 
     python bench/table1.py --task pick_and_place [--real 30] [--steps 3000] [--batch 64]
@@ -16,7 +17,8 @@ twin mixes train with the paired feature-alignment loss. Prints ID, OOD and aver
 
 Everything (demos, twin, checkpoints) is kept under --root (default: a directory under the
 system temp dir named after the task), so a second run reuses what is there: the same
-demos and twin, and checkpoints whose training finished (an interrupted training resumes).
+demos and twin, and checkpoints whose training finished with the same model and SFT configs
+(an interrupted training resumes; one with other configs is trained again).
 """
 from __future__ import annotations
 
@@ -69,13 +71,25 @@ def subset(src: Path, dst: Path, episodes: list) -> Path:
     return dst
 
 
-def same_model(ckpt: Path, model_cfg) -> bool:
+def training_status(ckpt: Path, model_cfg, sft_cfg) -> str:
+    """"finished" when ``ckpt`` was trained to the end with these model and SFT configs (its
+    training state holds the SFT config and the step), "unfinished" when such a training was
+    interrupted (it resumes), "other" when it is another training or unreadable."""
+    import torch
+
+    from twinrl_bringup.config import to_dict
     from twinrl_policy.checkpoint import CheckpointError, load_checkpoint
+    from twinrl_policy.sft import state_path
 
     try:
-        return load_checkpoint(ckpt).model_config == model_cfg
-    except CheckpointError:
-        return False
+        if load_checkpoint(ckpt).model_config != model_cfg:
+            return "other"
+        state = torch.load(state_path(ckpt), map_location="cpu", weights_only=False)
+        if state.get("sft_config") != to_dict(sft_cfg):
+            return "other"
+        return "finished" if int(state.get("step", 0)) >= sft_cfg.steps else "unfinished"
+    except (CheckpointError, OSError, RuntimeError, AttributeError, EOFError, TypeError, ValueError):
+        return "other"
 
 
 def twin_pools(twin_dir: Path) -> dict[str, list]:
@@ -214,15 +228,16 @@ def main() -> int:
         for k in range(args.seeds):              # one policy per training seed
             seed = args.seed + k
             ckpt = root / f"sft_{mid}_{mood}_{ckpt_tag}_{args.steps}_s{seed}.ckpt"
-            if ckpt.exists() and not same_model(ckpt, model_cfg):
-                print(f"{ckpt.name}: trained with another model config (or unreadable), training again",
+            sft_cfg = load_sft_config(None, sft_over + [f"seed={seed}"])
+            status = training_status(ckpt, model_cfg, sft_cfg) if ckpt.exists() else "none"
+            if status == "other":
+                print(f"{ckpt.name}: trained with another model or SFT config (or unreadable), training again",
                       file=sys.stderr)
                 ckpt.unlink()
                 state_path(ckpt).unlink(missing_ok=True)
             t0 = time.monotonic()
-            if not ckpt.exists():
-                trainer = SFTTrainer(args.task, data, ckpt, model_cfg,
-                                     load_sft_config(None, sft_over + [f"seed={seed}"]), progress=progress,
+            if status != "finished":             # new, or resumed from its training state
+                trainer = SFTTrainer(args.task, data, ckpt, model_cfg, sft_cfg, progress=progress,
                                      log=lambda s: print(s, file=sys.stderr),
                                      pair_dirs=pair_dirs if (mid or mood) else ())
                 res = trainer.train()

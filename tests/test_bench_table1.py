@@ -46,15 +46,21 @@ def test_table1_tiny_run(tmp_path, ros_env):
     r2 = subprocess.run(cmd, env=ros_env, capture_output=True, text=True, timeout=600)
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert "SFT pick_and_place" not in r2.stderr
-    # with the alignment loss: the real demos are replayed in the twin and the twin mix trains on
-    # the pairs (a checkpoint of its own)
-    r3 = subprocess.run(cmd[:cmd.index("--mixes")] + ["--mixes", "2/1", "--seeds", "1", "--set", "sft.align_weight=1.0"]
+    # the twin mix trains with the feature alignment (config default) on the real demos replayed
+    # in the twin; --set sft.align_weight=0 turns it off (a checkpoint of its own)
+    assert "pairs: 2 real demos replayed in the twin" in r.stdout
+    assert "paired feature alignment on" in r.stderr and "paired twin/real feature distance" in r.stderr
+    assert len(Dataset(next((tmp_path / "w").glob("pairs_*")))) == 2
+    r3 = subprocess.run(cmd[:cmd.index("--mixes")] + ["--mixes", "2/1", "--seeds", "1", "--set", "sft.align_weight=0"]
                         + cmd[cmd.index("--steps"):], env=ros_env, capture_output=True, text=True, timeout=600)
     assert r3.returncode == 0, r3.stdout[-3000:] + r3.stderr[-3000:]
-    assert "pairs: 2 real demos replayed in the twin" in r3.stdout
-    assert "paired feature alignment on" in r3.stderr and "paired twin/real feature distance" in r3.stderr
-    assert len(Dataset(next((tmp_path / "w").glob("pairs_*")))) == 2
+    assert "SFT pick_and_place" in r3.stderr and "paired feature alignment" not in r3.stderr
     assert len(list((tmp_path / "w").glob("sft_2_1_*_s0.ckpt"))) == 2
+    # another SFT setting under the same checkpoint name is trained again, not reused
+    r4 = subprocess.run(cmd[:cmd.index("--mixes")] + ["--mixes", "2/1", "--seeds", "1", "--alpha", "0.3"]
+                        + cmd[cmd.index("--steps"):], env=ros_env, capture_output=True, text=True, timeout=600)
+    assert r4.returncode == 0, r4.stderr[-3000:]
+    assert "trained with another model or SFT config" in r4.stderr and "SFT pick_and_place" in r4.stderr
 
 
 def test_table1_rejects_a_bad_mix_or_seed_count(ros_env):

@@ -220,8 +220,12 @@ class SFTTrainer:
                          f"training data (extra.pair_of); left out")
         self.pairs = pairs if pairs is not None and len(pairs) else None
         if self.align_weight > 0 and self.pairs is None:
-            self.log("warning: sft.align_weight > 0 but no paired twin/real steps (train sft --pairs DIR: real "
-                     "demos replayed in the twin, twinrl demos pair); alignment off")
+            if pair_dirs or pairs is not None:
+                self.log("warning: the pair datasets hold no paired twin/real steps of this task's training "
+                         "data; feature alignment off")
+            else:
+                self.log("no paired twin/real steps (train sft --pairs DIR: the real demos replayed in the twin, "
+                         "twinrl demos pair); feature alignment off")
             self.align_weight = 0.0
         elif self.align_weight <= 0 and self.pairs is not None:
             self.log(f"warning: {len(self.pairs)} paired steps given but sft.align_weight is 0; not used")
