@@ -199,6 +199,17 @@ def test_cli_train_sft_quick(data, tmp_path, ros_env):
     ckpt = load_checkpoint(out)
     assert ckpt.version == 3 and ckpt.metadata["step"] == 50 and ckpt.metadata["alpha"] == 0.7
     assert f"sha256: {file_sha256(out)}" in r.stdout
+    # --pairs: the real demos' twin replays train the feature alignment (--align-weight)
+    from twinrl_bringup.dataset import Dataset
+    real = Dataset(data[0])
+    pairs = _write_pairs([real.load(i) for i in range(len(real))], tmp_path / "pairs")
+    r = subprocess.run(cmd[:cmd.index("--out")] + ["--out", str(tmp_path / "aligned.ckpt"), "--pairs", str(pairs),
+                                                    "--align-weight", "0.5"] + cmd[cmd.index("--out") + 2:],
+                       env=ros_env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "paired feature alignment on 120 steps of 4 replays (weight 0.5" in r.stderr
+    meta = load_checkpoint(tmp_path / "aligned.ckpt").metadata
+    assert meta["align_weight"] == 0.5 and meta["pair_episodes"] == 4
     bad = subprocess.run(["twinrl", "train", "sft", "--task", TASK, "--data", str(data[0]), "--out",
                           str(tmp_path / "x.ckpt"), "--quick", "--no-progress"],
                          env=ros_env, capture_output=True, text=True, timeout=120)
@@ -373,6 +384,23 @@ def _twin_look(images: np.ndarray) -> np.ndarray:
     return np.clip(images.astype(np.int16) + 50, 0, 255).astype(np.uint8)
 
 
+def _write_pairs(episodes, out, pair_of=None):
+    """Twin "replays" of ``episodes`` (the same steps drawn with :func:`_twin_look`) linked by
+    ``extra.pair_of`` (default: each episode's id), as ``twinrl demos pair`` writes them."""
+    from twinrl_bringup.dataset import DatasetWriter
+
+    w = DatasetWriter(out)
+    for k, ep in enumerate(episodes):
+        obs = dict(ep.observations, third_person=_twin_look(ep.observations["third_person"]),
+                   wrist=_twin_look(ep.observations["wrist"]))
+        w.write_episode(type(ep)(task=ep.task, observations=obs, actions=ep.actions, rewards=ep.rewards,
+                                 terminated=ep.terminated, truncated=ep.truncated, success=ep.success,
+                                 source=np.ones(ep.length, np.uint8), episode_source="twin",
+                                 episode_id=f"pair-{k}",
+                                 extra={"pair_of": pair_of[k] if pair_of else ep.episode_id}))
+    return out
+
+
 def test_pair_pool_joins_each_replay_step_with_its_real_step(tmp_path):
     """Twin replays (extra.pair_of) are joined step by step with the real pool's steps, through
     left-out idle steps; replays of unknown episodes are counted, not joined."""
@@ -387,15 +415,7 @@ def test_pair_pool_joins_each_replay_step_with_its_real_step(tmp_path):
     w = DatasetWriter(tmp_path / "real2")
     for ep in eps:
         w.write_episode(ep)
-    pw = DatasetWriter(tmp_path / "pairs")
-    for k, ep in enumerate(eps + [eps[0]]):
-        obs = dict(ep.observations, third_person=_twin_look(ep.observations["third_person"]),
-                   wrist=_twin_look(ep.observations["wrist"]))
-        twin = type(ep)(task=ep.task, observations=obs, actions=ep.actions, rewards=ep.rewards,
-                        terminated=ep.terminated, truncated=ep.truncated, success=ep.success,
-                        source=np.ones(ep.length, np.uint8), episode_source="twin", episode_id=f"pair-{k}",
-                        extra={"pair_of": ep.episode_id if k < 2 else "no-such-episode"})
-        pw.write_episode(twin)
+    _write_pairs(eps + [eps[0]], tmp_path / "pairs", pair_of=[e.episode_id for e in eps] + ["no-such-episode"])
     cfg = tiny_model_config()
     real, _, _ = load_demo_pools([tmp_path / "real2"], TASK, cfg, progress=False, skip_idle=True)
     pairs, info = load_pair_pool([tmp_path / "pairs"], TASK, cfg, real, progress=False)
