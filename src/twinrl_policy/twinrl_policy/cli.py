@@ -3,8 +3,9 @@
 ``twinrl train sft --task T --data DIR [DIR ...] [--alpha A] --out CKPT [--steps N]
 [--batch B] [--quick] [--pairs DIR [DIR ...] [--align-weight W]]`` runs supervised
 fine-tuning (twinrl_policy.sft) on real + twin demonstrations; ``--pairs``: real demos
-replayed in the twin (``twinrl demos pair``) for the paired feature-alignment loss. Running the same command again after an interruption resumes from
-``CKPT.state``; ``--no-resume`` starts over.
+replayed in the twin (``twinrl demos pair``) for the paired feature-alignment loss. Running
+the same command again after an interruption resumes from ``CKPT.state``; ``--no-resume``
+starts over.
 
 ``twinrl eval grid --policy CKPT --world sim [twin --twin DIR] --task T --rollouts-per-cell K
 --out DIR [--json]`` evaluates a policy over the task's workspace grid (twinrl_policy.evaluation)

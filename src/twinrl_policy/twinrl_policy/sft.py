@@ -208,7 +208,7 @@ class SFTTrainer:
 
     def _setup_alignment(self, pair_dirs: Sequence, pairs: Optional[PairPool]) -> None:
         """The paired feature-alignment loss (sft.align_weight): pairs from ``pair_dirs`` (or given);
-        off with a warning when there are none, and pairs without the weight are left unused."""
+        off when there are none; pairs without the weight only measure the distance after training."""
         self.align_weight = float(self.cfg.align_weight)
         self.last_align_loss = float("nan")
         if pairs is None and pair_dirs:
@@ -228,7 +228,8 @@ class SFTTrainer:
                          "twinrl demos pair); feature alignment off")
             self.align_weight = 0.0
         elif self.align_weight <= 0 and self.pairs is not None:
-            self.log(f"warning: {len(self.pairs)} paired steps given but sft.align_weight is 0; not used")
+            self.log(f"warning: {len(self.pairs)} paired steps given but sft.align_weight is 0: not trained on, "
+                     f"only their feature distance is reported after training")
         elif self.pairs is not None:
             self.log(f"paired feature alignment on {len(self.pairs)} steps of {len(self.pairs.episodes)} "
                      f"replays (weight {self.align_weight}, {self.cfg.align_batch} pairs per step)")
