@@ -121,3 +121,46 @@ def test_approach_error_aims_off_then_corrects_and_still_succeeds():
                 ScriptedExpert(env, **bad)
     finally:
         env.close()
+
+
+def test_erase_wipe_reaches_past_the_pattern_and_turns_the_eraser_one_way():
+    """erase_whiteboard's demos: the outer strokes carry the eraser `wipe_overshoot` past the
+    drawn area (on the board), neighbouring strokes overlap; the eraser's heading at the board
+    is the same for start yaws of either sign, so the expert turns it the same way whatever
+    the start (the nearest of the two headings flipped the turn with the yaw's sign)."""
+    import math
+
+    import numpy as np
+
+    from twinrl_bringup import transforms as tf
+    from twinrl_twin.sim import make_env
+
+    env = make_env("erase_whiteboard", render=False)
+    try:
+        task = env.task_obj
+        headings, turns = [], []
+        for seed in range(40):
+            obs, info = env.reset(seed=seed, options={"region": "id"})
+            yaw0 = task.object_yaw()
+            headings.append((yaw0, task.place_goal()[1]))
+            if len(turns) < 2 and abs(yaw0) > 0.2 and all(np.sign(yaw0) != np.sign(t[0]) for t in turns):
+                expert = env.expert()
+                while expert.phase != "lower" and info["step"] < 90:
+                    obs, _, _, _, info = env.step(expert.act(obs, info))
+                turns.append((yaw0, task.object_yaw() - yaw0))
+        assert min(h[0] for h in headings) < -0.2 and max(h[0] for h in headings) > 0.2
+        assert np.ptp([h[1] for h in headings]) < 1e-9           # one heading for every start
+        assert len(turns) == 2 and all(t > 0.3 for _, t in turns), turns
+
+        t = task.target_pose7()
+        local = [tf.quat_to_matrix(t[3:]).T @ (w - t[:3]) for w in task.wipe_path()]
+        ys = sorted({round(float(p[1]), 6) for p in local})
+        long_half = task.cfg.object.size[0] / 2
+        area_half, board_half = task.area[1] / 2, task.cfg.target.size[1] / 2
+        assert ys[-1] + long_half == pytest.approx(area_half + task.wipe_overshoot, abs=1e-6)
+        assert -ys[0] + long_half == pytest.approx(area_half + task.wipe_overshoot, abs=1e-6)
+        assert ys[-1] + long_half < board_half                    # still pressed on the board
+        assert max(np.diff(ys)) < 2 * long_half * 0.86            # neighbours overlap
+        assert max(abs(p[0]) for p in local) > task.area[0] / 2   # strokes run past both ends
+    finally:
+        env.close()

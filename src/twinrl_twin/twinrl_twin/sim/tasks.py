@@ -311,6 +311,7 @@ class EraseWhiteboard(Task):
     place_symmetry = math.pi
     release_at_goal = False
     margin = 0.025
+    wipe_overshoot = 0.015     # m the outer strokes' eraser edge passes beyond the drawn area
 
     def __init__(self, cfg: TaskConfig):
         super().__init__(cfg)
@@ -387,21 +388,28 @@ class EraseWhiteboard(Task):
         return self.erased_fraction()
 
     def place_goal(self):
+        """The eraser on the board's centre with its long side across the board's x axis, always
+        at the same one of the two such headings (board yaw + 90 deg): the one nearer the
+        eraser's start yaw flips with that yaw's sign, which lies in the middle of the start
+        range, so the turn to the board went +-44..90 deg by the sign and a policy learnt their
+        mean. The wrist stays well inside its range (q7 -0.6..1.4 rad over the start yaws)."""
         t = self.target_pose7()
         top = t[2] + self.cfg.target.size[2]
-        yaw = nearest_equivalent(self.target_yaw() + math.pi / 2, self.object_yaw(), math.pi)
-        return np.array([t[0], t[1], top + self.rest_z]), yaw
+        return np.array([t[0], t[1], top + self.rest_z]), self.target_yaw() + math.pi / 2
 
     def wipe_path(self) -> list[np.ndarray]:
         """Object positions (base frame) of a back-and-forth wipe covering the pattern area,
-        with the eraser's long side across the stroke."""
+        with the eraser's long side across the stroke. The outer strokes reach
+        ``wipe_overshoot`` past the area's sides (as a person wipes past the edge of a drawing),
+        so a wipe that runs that far off across its strokes still covers the pattern."""
         t = self.target_pose7()
         Rt = tf.quat_to_matrix(t[3:])
         top = t[2] + self.cfg.target.size[2]
         sx = self.cfg.object.size[0]
         ax, ay = self.area
-        n_pass = max(1, math.ceil(ay / (0.85 * sx)))
-        ys = np.linspace(-ay / 2 + sx / 2 * 0.85, ay / 2 - sx / 2 * 0.85, n_pass) if n_pass > 1 else [0.0]
+        span = max(0.0, ay + 2 * self.wipe_overshoot - sx)     # between the outer strokes' centres
+        n_pass = 1 + max(0, math.ceil(span / (0.85 * sx) - 1e-9))  # neighbours overlap by >= 15 %
+        ys = np.linspace(-span / 2, span / 2, n_pass) if n_pass > 1 else [0.0]
         pts = []
         xs = (-ax / 2 - 0.005, ax / 2 + 0.005)
         for i, y in enumerate(ys):
