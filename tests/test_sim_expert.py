@@ -164,3 +164,44 @@ def test_erase_wipe_reaches_past_the_pattern_and_turns_the_eraser_one_way():
         assert max(abs(p[0]) for p in local) > task.area[0] / 2   # strokes run past both ends
     finally:
         env.close()
+
+
+def test_grasp_heading_is_continuous_in_the_object_yaw():
+    """The hexagon (grasped across flats, a 60 deg symmetry) is grasped at the same heading
+    relative to the block for start yaws of either sign: the grasp heading is chosen nearest a
+    reference fixed per episode (Task.grasp_heading_reference), not nearest the TCP's own,
+    which turned +30 or -30 deg by the sign of the yaw."""
+    import math
+
+    import numpy as np
+
+    from twinrl_bringup import transforms as tf
+    from twinrl_twin.sim import make_env
+
+    env = make_env("insert_hexagon", render=False)
+    try:
+        task = env.task_obj
+        rel, yaws = [], []
+        for seed in range(30):
+            if len(yaws) >= 4 and min(yaws) < -0.1 and max(yaws) > 0.1:
+                break
+            obs, info = env.reset(seed=seed, options={"region": "id"})
+            yaw0 = task.object_yaw()
+            if abs(yaw0) < 0.1 or (len(yaws) >= 2 and np.sign(yaw0) == np.sign(yaws[-1])):
+                continue
+            expert = env.expert()
+            while expert.phase not in ("close", "lift") and info["step"] < 40:
+                obs, _, _, _, info = env.step(expert.act(obs, info))
+            heading = tf.yaw_of(env.tcp_pose()[1])
+            rel.append((heading - yaw0 + math.pi) % (2 * math.pi) - math.pi)
+            yaws.append(yaw0)
+        assert min(yaws) < -0.1 and max(yaws) > 0.1, yaws
+        assert np.ptp(rel) < 0.05, (np.degrees(yaws), np.degrees(rel))
+        # the reference is the grasp for the middle of the yaw range nearest the start heading
+        lo, hi = task.cfg.grid.yaw_range
+        ref = task.grasp_heading_reference(0.0)
+        assert abs(ref) <= task.grasp_symmetry / 2 + 1e-9
+        k = (ref - (lo + hi) / 2 - task.grasp_yaw_offset) / task.grasp_symmetry
+        assert abs(k - round(k)) < 1e-9
+    finally:
+        env.close()
