@@ -128,8 +128,6 @@ def test_erase_wipe_reaches_past_the_pattern_and_turns_the_eraser_one_way():
     drawn area (on the board), neighbouring strokes overlap; the eraser's heading at the board
     is the same for start yaws of either sign, so the expert turns it the same way whatever
     the start (the nearest of the two headings flipped the turn with the yaw's sign)."""
-    import math
-
     import numpy as np
 
     from twinrl_bringup import transforms as tf
@@ -159,7 +157,7 @@ def test_erase_wipe_reaches_past_the_pattern_and_turns_the_eraser_one_way():
         area_half, board_half = task.area[1] / 2, task.cfg.target.size[1] / 2
         assert ys[-1] + long_half == pytest.approx(area_half + task.wipe_overshoot, abs=1e-6)
         assert -ys[0] + long_half == pytest.approx(area_half + task.wipe_overshoot, abs=1e-6)
-        assert ys[-1] + long_half < board_half                    # still pressed on the board
+        assert ys[-1] + long_half < board_half                    # the eraser stays on the board
         assert max(np.diff(ys)) < 2 * long_half * 0.86            # neighbours overlap
         assert max(abs(p[0]) for p in local) > task.area[0] / 2   # strokes run past both ends
     finally:
