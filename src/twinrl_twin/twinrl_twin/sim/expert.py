@@ -63,7 +63,6 @@ class ScriptedExpert:
         self.phase = "above"
         self.phase_steps = 0
         self.grasp_yaw: Optional[float] = None
-        self.grasp_reference: Optional[float] = None     # see Task.grasp_heading_reference
         self.wipe: list = []
         self.wipe_index = 0
         self.lower_z: Optional[float] = None
@@ -113,10 +112,7 @@ class ScriptedExpert:
         cur_yaw = tf.yaw_of(q_cmd)
 
         if self.phase in ("above", "align", "descend"):
-            if self.grasp_reference is None:
-                self.grasp_reference = task.grasp_heading_reference(cur_yaw)
-            yaw = nearest_equivalent(tf.yaw_of(o[3:]) + task.grasp_yaw_offset, self.grasp_reference,
-                                     task.grasp_symmetry)
+            yaw = nearest_equivalent(tf.yaw_of(o[3:]) + task.grasp_yaw_offset, cur_yaw, task.grasp_symmetry)
             self.grasp_yaw = yaw
             q = tcp_quat(yaw)
             grasp = o[:3] + np.array([0.0, 0.0, task.grasp_dz])

@@ -50,18 +50,6 @@ class Task:
         self.cfg = cfg
         self.model: Optional[mujoco.MjModel] = None
 
-    def grasp_heading_reference(self, start_heading: float) -> float:
-        """The heading a grasp is chosen nearest to (modulo ``grasp_symmetry``): the grasp
-        heading of an object at the middle of the start yaw range, the one nearest
-        ``start_heading``. Fixed per episode, it keeps the chosen grasp heading a continuous
-        function of the object's yaw over the start range (the choice jumps half a symmetry
-        period from the reference, at the range's ends or outside). The heading nearest the
-        TCP's own jumps inside the range where the offset and symmetry put it there (the
-        hexagon's: at yaw 0, a turn of +30 or -30 deg by the yaw's sign), and a policy learns
-        the mean of the two, which grasps across corners."""
-        lo, hi = self.cfg.grid.yaw_range
-        return nearest_equivalent(0.5 * (lo + hi) + self.grasp_yaw_offset, start_heading, self.grasp_symmetry)
-
     # -- geometry -----------------------------------------------------------------------------
     @property
     def rest_z(self) -> float:
