@@ -408,8 +408,8 @@ class EraseWhiteboard(Task):
         sx = self.cfg.object.size[0]
         ax, ay = self.area
         span = max(0.0, ay + 2 * self.wipe_overshoot - sx)     # between the outer strokes' centres
-        n_pass = 1 + max(0, math.ceil(span / (0.85 * sx) - 1e-9))  # neighbours overlap by >= 15 %
-        ys = np.linspace(-span / 2, span / 2, n_pass) if n_pass > 1 else [0.0]
+        n_pass = 1 + math.ceil(span / (0.85 * sx) - 1e-9)      # neighbours overlap by >= 15 %
+        ys = np.linspace(-span / 2, span / 2, n_pass)
         pts = []
         xs = (-ax / 2 - 0.005, ax / 2 + 0.005)
         for i, y in enumerate(ys):
