@@ -37,10 +37,10 @@ def build_twin(task: str, root: Path) -> Path:
 def record_demos(task: str, out: Path, n: int, region: str = "id", seed: int = 0,
                  image_size: Optional[tuple[int, int]] = None, progress: bool = False,
                  max_tries: Optional[int] = None, post_success_steps: int = 0,
-                 approach_error: float = 0.0, approach_yaw_error: float = 0.0) -> Path:
+                 approach_error: float = 0.0, approach_yaw_error: float = 0.0, action_noise: float = 0.0) -> Path:
     """``n`` successful scripted-expert episodes (seeds ``seed``, ``seed + 1``, ...) into ``out``;
     an existing dataset there with ``n`` episodes is reused. ``post_success_steps``,
-    ``approach_error``, ``approach_yaw_error``: see ``twinrl_twin.sim.record.record_episode``."""
+    ``approach_error``, ``approach_yaw_error``, ``action_noise``: see ``twinrl_twin.sim.record.record_episode``."""
     from tqdm import tqdm
 
     from twinrl_bringup.dataset import Dataset, DatasetWriter
@@ -59,7 +59,8 @@ def record_demos(task: str, out: Path, n: int, region: str = "id", seed: int = 0
         s = seed + have
         while have < n and s < seed + tries:
             ep = record_episode(env, s, region, post_success_steps=post_success_steps,
-                                approach_error=approach_error, approach_yaw_error=approach_yaw_error)
+                                approach_error=approach_error, approach_yaw_error=approach_yaw_error,
+                                action_noise=action_noise)
             s += 1
             if ep.is_success:
                 writer.write_episode(ep)

@@ -132,6 +132,9 @@ def main() -> int:
                          "(twinrl sim record --approach-error)")
     ap.add_argument("--approach-yaw-error", type=float, default=0.0, metavar="RAD",
                     help="same for the heading")
+    ap.add_argument("--action-noise", type=float, default=0.0, metavar="M",
+                    help="std (m per axis) of noise on the real demos' expert position actions, which "
+                         "it corrects the step after (twinrl sim record --action-noise)")
     ap.add_argument("--set", action="append", default=[], metavar="model.KEY=V|sft.KEY=V",
                     help="policy / SFT config override for every mix (e.g. sft.object_aux_weight=1.0); "
                          "checkpoints of runs with overrides get their own names")
@@ -158,10 +161,12 @@ def main() -> int:
     post = f"_post{args.post_success_steps}" if args.post_success_steps else ""
     if args.approach_error or args.approach_yaw_error:
         post += f"_ae{args.approach_error * 1000:g}mm{args.approach_yaw_error:g}rad"
+    if args.action_noise:
+        post += f"_an{args.action_noise * 1000:g}mm"
     real = record_demos(args.task, root / f"real_{args.real}_{tag}_s{args.seed}{post}", args.real, "id",
                         seed=10_000 + args.seed, image_size=size, progress=progress,
                         post_success_steps=args.post_success_steps, approach_error=args.approach_error,
-                        approach_yaw_error=args.approach_yaw_error)
+                        approach_yaw_error=args.approach_yaw_error, action_noise=args.action_noise)
     from twinrl_bringup.dataset import Dataset
     seed_demo = Dataset(real).path(0)
 

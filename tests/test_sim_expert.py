@@ -162,3 +162,52 @@ def test_erase_wipe_reaches_past_the_pattern_and_turns_the_eraser_one_way():
         assert max(abs(p[0]) for p in local) > task.area[0] / 2   # strokes run past both ends
     finally:
         env.close()
+
+
+def test_action_noise_leaves_the_wipe_and_the_next_action_returns_to_it():
+    """`twinrl sim record --action-noise`: the expert's position actions carry zero-mean noise
+    (none while the fingers close), so its commanded wipe height leaves the board by several
+    millimetres, and the actions taken from above the board go back down (the corrections a
+    policy's drift needs). The episode still succeeds and is reproducible from its seed; a
+    noise-free wipe holds one height."""
+    import numpy as np
+
+    from twinrl_twin.sim import make_env
+    from twinrl_twin.sim.expert import ScriptedExpert
+    from twinrl_twin.sim.record import record_episode
+
+    def wipe_trace(noise):
+        obs, info = env.reset(seed=3, options={"region": "id"})
+        expert = env.expert(action_noise=noise, rng=np.random.default_rng(4))
+        rows, done = [], False
+        while not done:
+            z_cmd, phase = float(env.target_pose[0][2]), expert.phase
+            a = expert.act(obs, info)
+            rows.append((phase, z_cmd, a.copy()))
+            obs, _, term, trunc, info = env.step(a)
+            done = term or trunc
+        return rows, info["success"]
+
+    env = make_env("erase_whiteboard", render=False)
+    try:
+        plain, ok_plain = wipe_trace(0.0)
+        noisy, ok_noisy = wipe_trace(0.003)
+        assert ok_plain and ok_noisy
+        z_plain = np.array([z for ph, z, _ in plain if ph == "wipe"][2:])
+        assert np.ptp(z_plain) < 0.002
+        wipe_z = float(np.median(z_plain))
+        close = [a for ph, _, a in noisy if ph == "close"]
+        assert close and all(np.abs(a[:3]).max() < 1e-9 for a in close)   # still while the fingers close
+        above = [(z - wipe_z, a[2]) for ph, z, a in noisy if ph == "wipe" and z > wipe_z + 0.003]
+        assert len(above) >= 3, "the noise never lifted the wipe"
+        assert np.mean([dz for _, dz in above]) < -0.002       # from above the board: back down
+        e1 = record_episode(env, 5, "id", images=False, action_noise=0.003)
+        e2 = record_episode(env, 5, "id", images=False, action_noise=0.003)
+        np.testing.assert_allclose(e1.actions, e2.actions)
+        assert e1.extra["action_noise"] == 0.003
+        assert np.linalg.norm(e1.actions[:, :3], axis=1).max() <= ScriptedExpert.max_step + 1e-9
+        for bad in (-0.001, float("nan"), 0.02):
+            with pytest.raises(ValueError, match="action_noise"):
+                ScriptedExpert(env, action_noise=bad)
+    finally:
+        env.close()

@@ -14,6 +14,14 @@ a random heading error (uniform, +- rad); once there the expert corrects to the 
 policy actually reaches (off the object by its own localisation error), which error-free
 demos never show (the DART idea, Laskey et al. 2017, without a noise/label split: every
 recorded action is the executed one). 0 (the default) approaches straight.
+
+``action_noise`` (m, std per axis) makes its hand unsteady throughout, as a teleoperator's is:
+zero-mean Gaussian noise on every position action except while it waits for the fingers to
+close or open. The next action corrects what the noise moved (the expert steers the commanded
+target), so the demos visit states off its ideal path, such as an eraser a few millimetres
+above the board or beside its stroke, each with the action that returns to it: the states a
+policy's own drift leads to, which noise-free demos never show. The noise is part of the
+recorded action (as for the approach error), so its mean over the demos is the correction.
 """
 from __future__ import annotations
 
@@ -41,14 +49,16 @@ class ScriptedExpert:
     lift = 0.10               # m lift of the object above its goal height while carrying
 
     def __init__(self, env, approach_error: float = 0.0, approach_yaw_error: float = 0.0,
-                 rng: Optional[np.random.Generator] = None):
-        for name, v, top in (("approach_error", approach_error, 0.05), ("approach_yaw_error", approach_yaw_error, 0.5)):
+                 rng: Optional[np.random.Generator] = None, action_noise: float = 0.0):
+        for name, v, top in (("approach_error", approach_error, 0.05), ("approach_yaw_error", approach_yaw_error, 0.5),
+                             ("action_noise", action_noise, 0.01)):
             if not (math.isfinite(float(v)) and 0.0 <= float(v) <= top):
                 raise ValueError(f"{name} must be in [0, {top}], got {v!r}")
         self.env = env
         self.task = env.task_obj
         self.approach_error = float(approach_error)
         self.approach_yaw_error = float(approach_yaw_error)
+        self.action_noise = float(action_noise)
         self.rng = rng if rng is not None else np.random.default_rng()
         self.reset()
 
@@ -84,7 +94,8 @@ class ScriptedExpert:
     def _reached(self, position, quat, tol: float, rot_tol: float = 0.03) -> bool:
         p, q = self.env.tcp_pose()
         p_cmd, q_cmd = self.env.target_pose
-        return bool(np.linalg.norm(p_cmd - position) < 1e-4 and np.linalg.norm(p - position) < tol
+        # with action noise the commanded target never lands exactly: allow three stds
+        return bool(np.linalg.norm(p_cmd - position) < max(1e-4, 3 * self.action_noise) and np.linalg.norm(p - position) < tol
                     and tf.quat_angle(q, quat) < rot_tol)
 
     def _next(self, phase: str) -> None:
@@ -105,6 +116,15 @@ class ScriptedExpert:
 
     # -- policy --------------------------------------------------------------------------------
     def act(self, obs: dict, info: dict) -> np.ndarray:
+        phase = self.phase                 # the phase this action belongs to (_act may move on)
+        a = self._act()
+        if self.action_noise > 0 and phase not in ("close", "release"):
+            dp = a[:3] + self.rng.normal(0.0, self.action_noise, 3)
+            n = float(np.linalg.norm(dp))
+            a[:3] = dp * min(1.0, self.max_step / max(n, 1e-12))
+        return a
+
+    def _act(self) -> np.ndarray:
         self.phase_steps += 1
         task = self.task
         o = task.object_pose7()

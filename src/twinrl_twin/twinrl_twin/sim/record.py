@@ -22,7 +22,7 @@ from twinrl_bringup import dataset as ds
 
 def record_episode(env, seed: int, region: str, cell=None, max_steps: Optional[int] = None,
                    images: bool = True, post_success_steps: int = 0, approach_error: float = 0.0,
-                   approach_yaw_error: float = 0.0) -> ds.EpisodeData:
+                   approach_yaw_error: float = 0.0, action_noise: float = 0.0) -> ds.EpisodeData:
     """Run the env's scripted expert for one episode and return it as EpisodeData.
 
     ``post_success_steps``: keep recording the expert this many steps after the first success
@@ -30,7 +30,8 @@ def record_episode(env, seed: int, region: str, cell=None, max_steps: Optional[i
     the release in one step only. The episode then terminates at its last step; the success
     flags and rewards after the first success are the env's. ``approach_error`` (m) /
     ``approach_yaw_error`` (rad): the expert first aims off by a random offset and heading error
-    (drawn from the episode seed) and then corrects (:class:`.expert.ScriptedExpert`)."""
+    (drawn from the episode seed) and then corrects; ``action_noise`` (m, std per axis): its
+    position actions are unsteady and corrected the step after (:class:`.expert.ScriptedExpert`)."""
     if int(post_success_steps) < 0:
         raise ValueError(f"post_success_steps must be >= 0, got {post_success_steps}")
     options = {"region": region}
@@ -38,7 +39,7 @@ def record_episode(env, seed: int, region: str, cell=None, max_steps: Optional[i
         options["cell"] = cell
     obs, info = env.reset(seed=seed, options=options)
     expert = env.expert(approach_error=approach_error, approach_yaw_error=approach_yaw_error,
-                        rng=np.random.default_rng([int(seed), 0xE4]))
+                        action_noise=action_noise, rng=np.random.default_rng([int(seed), 0xE4]))
     limit = int(max_steps or env.time_limit)
     observations = [obs]
     actions, rewards, terms, truncs, succs = [], [], [], [], []
@@ -76,7 +77,8 @@ def record_episode(env, seed: int, region: str, cell=None, max_steps: Optional[i
         policy_version="", extra={"recorder": "twinrl sim record", "controller": "sim_expert", "seed": int(seed),
                                   "perturbation": getattr(env, "perturbation", None),
                                   "approach_error": float(approach_error),
-                                  "approach_yaw_error": float(approach_yaw_error)},
+                                  "approach_yaw_error": float(approach_yaw_error),
+                                  "action_noise": float(action_noise)},
     )
 
 
@@ -101,7 +103,8 @@ def run_record(args) -> int:
         for i in bar:
             ep = record_episode(env, args.seed + i, args.region, max_steps=args.max_steps,
                                 images=not args.no_images, post_success_steps=args.post_success_steps,
-                                approach_error=args.approach_error, approach_yaw_error=args.approach_yaw_error)
+                                approach_error=args.approach_error, approach_yaw_error=args.approach_yaw_error,
+                                action_noise=args.action_noise)
             if ep.is_success or args.keep_failures:
                 writer.write_episode(ep)
                 written += 1
@@ -149,6 +152,9 @@ def add_record_parser(subparsers) -> argparse.ArgumentParser:
                         "demos then show corrections")
     p.add_argument("--approach-yaw-error", type=float, default=0.0, metavar="RAD",
                    help="same for the gripper heading (0..0.5 rad)")
+    p.add_argument("--action-noise", type=float, default=0.0, metavar="M",
+                   help="std (m per axis, 0..0.01) of noise on the expert's position actions, corrected "
+                        "the step after: demos then show the way back from small drifts")
     p.add_argument("--no-images", action="store_true", help="proprioception only (no rendering)")
     p.add_argument("--image-size", type=_image_size, default=None, metavar="THIRD,WRIST",
                    help="square image sizes, e.g. 128,64 (default: config/cameras.yaml)")
