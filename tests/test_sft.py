@@ -148,6 +148,14 @@ def test_interrupted_training_resumes_exactly(data, tmp_path, monkeypatch, sched
     with pytest.raises(ValueError, match="training state is for task 'pick_and_place'"):
         SFTTrainer("erase_whiteboard", data, tmp_path / "b.ckpt", model,
                    tiny_sft_config(**cfg), progress=False, log=lambda s: None)
+    # ... and one trained with another SFT recipe (a resume would silently mix the two), but
+    # the run may be made longer and log differently
+    with pytest.raises(ValueError, match=r"different SFT config \(alpha 0.5 -> 0.25\)"):
+        SFTTrainer(TASK, data, tmp_path / "b.ckpt", model, tiny_sft_config(**cfg, alpha=0.25),
+                   progress=False, log=lambda s: None)
+    longer = SFTTrainer(TASK, data, tmp_path / "b.ckpt", model, tiny_sft_config(**{**cfg, "steps": 14, "log_every": 2}),
+                        progress=False, log=lambda s: None)
+    assert longer.step == 12 and longer.train().steps == 14
 
 
 def test_cosine_learning_rate_schedule(data, tmp_path):

@@ -87,6 +87,9 @@ def action_error(policy: VisuomotorPolicy, pool: DemoPool, task: str, max_sample
 
 
 ACTION_NAMES = ("x", "y", "z", "rx", "ry", "rz", "gripper")
+# SFT config keys a resumed training may change: its length and its logging, nothing it learns by
+RESUMABLE_SFT_KEYS = frozenset({"steps", "log_every", "save_every", "num_threads"})
+_MISSING = object()
 
 
 @torch.no_grad()
@@ -270,6 +273,17 @@ class SFTTrainer:
         if to_dict(saved) != to_dict(self.model_cfg):
             raise ValueError(f"{path}: training state has a different model config; use another --out or "
                              f"--no-resume")
+        # the SFT config too (states written before it was stored have none): only the run's
+        # length and its logging may change on resume
+        old = state.get("sft_config")
+        if isinstance(old, dict):
+            new = to_dict(self.cfg)
+            differ = sorted(k for k in set(old) | set(new)
+                            if k not in RESUMABLE_SFT_KEYS and old.get(k, _MISSING) != new.get(k, _MISSING))
+            if differ:
+                what = ", ".join(f"{k} {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}" for k in differ)
+                raise ValueError(f"{path}: training state has a different SFT config ({what}); use another "
+                                 f"--out or --no-resume")
 
     # ------------------------------------------------------------------ training
     def _batch(self) -> tuple[dict, torch.Tensor, float]:
