@@ -169,6 +169,15 @@ def main() -> int:
                         approach_yaw_error=args.approach_yaw_error, action_noise=args.action_noise)
     from twinrl_bringup.dataset import Dataset
     seed_demo = Dataset(real).path(0)
+    if args.action_noise:
+        # stage I starts from one steady demo of the same start: a jittered seed's path would be
+        # copied into every twin demo (and its presses into a surface are collisions in the twin)
+        steady = post.replace(f"_an{args.action_noise * 1000:g}mm", "")
+        seed_demo = Dataset(record_demos(args.task, root / f"seed_demo_{tag}_s{args.seed}{steady}", 1, "id",
+                                         seed=10_000 + args.seed, image_size=size, max_tries=20,
+                                         post_success_steps=args.post_success_steps,
+                                         approach_error=args.approach_error,
+                                         approach_yaw_error=args.approach_yaw_error)).path(0)
 
     # 2. twin demos from one real demo, enough for the largest mix
     n_id = max(m[0] for m in args.mixes)

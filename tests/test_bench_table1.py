@@ -61,6 +61,21 @@ def test_table1_tiny_run(tmp_path, ros_env):
                         + cmd[cmd.index("--steps"):], env=ros_env, capture_output=True, text=True, timeout=600)
     assert r4.returncode == 0, r4.stderr[-3000:]
     assert "trained with another model or SFT config" in r4.stderr and "SFT pick_and_place" in r4.stderr
+    # real demos with a jittering expert (--action-noise): stage I starts from a steady demo of
+    # the first real demo's start, not from that jittered demo
+    r5 = subprocess.run(cmd[:cmd.index("--mixes")] + ["--mixes", "2/1", "--seeds", "1", "--action-noise", "0.003"]
+                        + cmd[cmd.index("--steps"):], env=ros_env, capture_output=True, text=True, timeout=600)
+    assert r5.returncode == 0, r5.stdout[-3000:] + r5.stderr[-3000:]
+    noisy = Dataset(next((tmp_path / "w").glob("real_2_*_an3mm")))
+    steady = Dataset(next((tmp_path / "w").glob("seed_demo_*")))
+    assert len(noisy) == 2 and len(steady) == 1 and "an3mm" not in steady.root.name
+    from twinrl_bringup.dataset import load_episode
+    first, seed = load_episode(noisy.path(0), images=False), load_episode(steady.path(0), images=False)
+    assert first.extra["action_noise"] == 0.003 and seed.extra["action_noise"] == 0.0
+    assert first.initial_configuration == seed.initial_configuration
+    twin_demos = Dataset(next((tmp_path / "w").glob("twin_demos_*_an3mm")))
+    assert {load_episode(twin_demos.path(i), images=False).extra["seed_demo"]
+            for i in range(len(twin_demos))} == {seed.episode_id}
 
 
 def test_table1_rejects_a_bad_mix_or_seed_count(ros_env):
