@@ -149,3 +149,46 @@ def test_cli_generate_json_and_errors(seeds, tiny_twins, tmp_path, ros_env):
     assert rep.returncode == 0, rep.stderr
     r = json.loads(rep.stdout.strip().splitlines()[-1])
     assert r["episodes"] == 2 and "insert_hexagon" in r["by"]
+
+
+def test_jittered_path_returns_to_the_path_every_step():
+    """execute.jitter_actions: step k's commanded target is off the path by n_k and step k+1
+    returns to it, so the executed actions sum to the path's; the hand is still where the path
+    waits (fingers) and at its end; a downward offset is bounded; rotation and gripper unchanged."""
+    from twinrl_twin.demogen.execute import jitter_actions
+
+    rng = np.random.default_rng(0)
+    a = np.zeros((40, 7))
+    a[:, :3] = rng.normal(0, 0.01, (40, 3))
+    a[:, 3:6] = rng.normal(0, 0.05, (40, 3))
+    a[:, 6] = np.where(np.arange(40) < 20, -1.0, 1.0)
+    a[20:25, :3] = 0.0                                     # waits while the fingers close
+    j = jitter_actions(a, 0.003, np.random.default_rng(1), press_limit=0.003)
+    off = np.cumsum(j[:, :3] - a[:, :3], axis=0)           # commanded target minus the path's
+    assert np.allclose(j[:, 3:], a[:, 3:])
+    assert np.allclose(off[-1], 0.0) and np.allclose(off[20:25], 0.0)
+    assert off.std() > 0.002 and off[:, 2].min() >= -0.003 - 1e-12
+    assert np.allclose(jitter_actions(a, 0.0, np.random.default_rng(1)), a)
+    np.testing.assert_allclose(j, jitter_actions(a, 0.003, np.random.default_rng(1), press_limit=0.003))
+
+
+def test_action_noise_jitters_the_twin_demos(seeds, tiny_twins, tmp_path):
+    """demogen `action_noise`: the kept demos still succeed, say their noise, and move off the
+    noise-free demo of the same slot and back."""
+    from twinrl_twin.demogen.generate import generate, load_demogen_config
+
+    runs = {}
+    for noise in (0.0, 0.003):
+        cfg = load_demogen_config(overrides=["render=false", f"action_noise={noise}"])
+        out = tmp_path / f"n{noise}"
+        s = generate(tiny_twins("pick_and_place"), seeds["pick_and_place"], out, n_id=1, n_ood=0,
+                     method="affine", config=cfg, seed=2, progress=False)
+        assert s["generated"] == 1, s
+        runs[noise] = next(iter(ds.Dataset(out)))
+    plain, noisy = runs[0.0], runs[0.003]
+    assert noisy.is_success and noisy.extra["action_noise"] == 0.003 and plain.extra["action_noise"] == 0.0
+    assert plain.initial_configuration == noisy.initial_configuration
+    off = np.cumsum(noisy.actions[:, :3] - plain.actions[:, :3], axis=0)
+    assert 0.001 < np.abs(off).max() < 0.015 and np.allclose(off[-1], 0.0, atol=1e-6)
+    with pytest.raises(ValueError, match="action_noise"):
+        load_demogen_config(overrides=["action_noise=0.5"]).validate()

@@ -33,9 +33,30 @@ def _obs_arrays(observations: list) -> dict:
     return out
 
 
+def jitter_actions(actions: np.ndarray, noise: float, rng: np.random.Generator,
+                   press_limit: Optional[float] = None) -> np.ndarray:
+    """The path's delta actions with a jittering hand: step k's commanded target lands off the
+    path by n_k ~ N(0, noise^2) per position axis and step k+1 returns to it
+    (a'_k = a_k + n_k - n_{k-1}), as the sim expert's ``action_noise`` does. Steps that do not
+    translate (the path waits for the fingers) and the last step carry no offset.
+    ``press_limit`` (m) bounds the downward offset (a held object is not pushed deeper into a
+    surface than that)."""
+    a = np.array(actions, dtype=float, copy=True)
+    if noise <= 0 or len(a) == 0:
+        return a
+    n = rng.normal(0.0, noise, (len(a), 3))
+    if press_limit is not None:
+        n[:, 2] = np.maximum(n[:, 2], -abs(press_limit))
+    n[np.linalg.norm(a[:, :3], axis=1) < 1e-9] = 0.0
+    n[-1] = 0.0
+    a[:, :3] += n - np.vstack([np.zeros((1, 3)), n[:-1]])
+    return a
+
+
 def execute_path(env, path: EEPath, configuration: dict, collision_check: Optional[Callable] = None,
                  max_extra_steps: int = 10, method: str = "affine", seed_demo: str = "",
-                 in_hand_xy=None) -> ds.EpisodeData:
+                 in_hand_xy=None, action_noise: float = 0.0,
+                 rng: Optional[np.random.Generator] = None) -> ds.EpisodeData:
     """Execute ``path`` in ``env`` (a twin env) from ``configuration``; see module doc.
     ``in_hand_xy``: the twin's reset option of that name (where the object sits in the hand once
     grasped; :func:`~.keyframes.in_hand_xy`), None for the twin's own grasp model.
@@ -43,7 +64,9 @@ def execute_path(env, path: EEPath, configuration: dict, collision_check: Option
     ``collision_check(env)`` returns the disallowed contact pairs ``[(geom_a, geom_b), ...]``
     of the current state (empty: fine). Raises ``CandidateRejected`` with
     ``unreachable`` (the env did not place the object where asked), ``collision`` or
-    ``task_failed``."""
+    ``task_failed``. ``action_noise`` (m): the path is stepped with :func:`jitter_actions`
+    (``rng``), so the episode holds the way back from small offsets (a downward offset at most
+    ``action_noise``)."""
     if not isinstance(path, EEPath):
         raise ValueError(f"path: expected an EEPath, got {type(path).__name__}")
     if not isinstance(configuration, dict) or "object_pose" not in configuration:
@@ -86,7 +109,11 @@ def execute_path(env, path: EEPath, configuration: dict, collision_check: Option
     # cell would: stopping there would cut the end of a wipe or an insertion). The episode
     # terminates at its last step, when the task is (still) done then.
     done = success = False
-    for a in path.actions():
+    actions_to_run = path.actions()
+    if action_noise > 0:
+        actions_to_run = jitter_actions(actions_to_run, action_noise, rng if rng is not None else np.random.default_rng(),
+                                        press_limit=action_noise)
+    for a in actions_to_run:
         success, done = step(a)
         if done and not success:
             break
@@ -110,7 +137,7 @@ def execute_path(env, path: EEPath, configuration: dict, collision_check: Option
         source=np.full(T, ds.SOURCE_TWIN, np.uint8), intervention=np.zeros(T, bool),
         episode_source=ds.SOURCE_TWIN, initial_configuration=dict(applied), policy_version="",
         episode_id=ds.new_episode_id(env.task),
-        extra={"generator": method, "seed_demo": seed_demo,
+        extra={"generator": method, "seed_demo": seed_demo, "action_noise": float(action_noise),
                "keyframes": {name: int(i) for name, i in path.segments}},
     )
 
@@ -128,7 +155,8 @@ def _path_in_workspace(env, path: EEPath) -> None:
 
 def generate_candidate(env, demo, keyframes, configuration: dict, method: str = "affine", planner=None,
                        collision_check: Optional[Callable] = None, max_extra_steps: int = 10,
-                       in_hand_from_demo: bool = True):
+                       in_hand_from_demo: bool = True, action_noise: float = 0.0,
+                       rng: Optional[np.random.Generator] = None):
     """One candidate: map the keyframes to ``configuration``, build the path (``affine``:
     :func:`~.transfer.affine_transfer`; ``plan``: ``planner(env, demo, keyframes,
     new_keyframes) -> EEPath``), execute it in ``env`` (with ``in_hand_from_demo``, holding the
@@ -153,7 +181,8 @@ def generate_candidate(env, demo, keyframes, configuration: dict, method: str = 
         _path_in_workspace(env, path)
         in_hand = in_hand_xy(demo, keyframes, env.task_obj) if in_hand_from_demo else None
         episode = execute_path(env, path, cfg, collision_check=collision_check, max_extra_steps=max_extra_steps,
-                               method=method, seed_demo=demo.episode_id, in_hand_xy=in_hand)
+                               method=method, seed_demo=demo.episode_id, in_hand_xy=in_hand,
+                               action_noise=action_noise, rng=rng)
     except CandidateRejected as exc:
         rej = exc.rejection
         return Rejection(rej.reason, rej.detail, cfg)
@@ -165,4 +194,4 @@ def generate_candidate(env, demo, keyframes, configuration: dict, method: str = 
                                             "path_steps": len(path)})
 
 
-__all__ = ["execute_path", "generate_candidate", "METHODS"]
+__all__ = ["execute_path", "generate_candidate", "jitter_actions", "METHODS"]

@@ -53,6 +53,7 @@ class DemoGenConfig:
     settle_steps: int = 10
     render: bool = True
     in_hand_from_demo: bool = True      # insertion tasks: hold the object in the twin where the seed demo implies
+    action_noise: float = 0.0           # m: jitter of the executed path, corrected the step after (execute.jitter_actions)
     planner: PlannerSettings = field(default_factory=PlannerSettings)
 
     def validate(self) -> None:
@@ -60,6 +61,8 @@ class DemoGenConfig:
             raise ValueError("max_attempts must be >= 1")
         if self.settle_steps < 0:
             raise ValueError("settle_steps must be >= 0")
+        if not (np.isfinite(self.action_noise) and 0.0 <= self.action_noise <= 0.01):
+            raise ValueError(f"action_noise must be in [0, 0.01] m, got {self.action_noise!r}")
         self.planner.validate()
 
 
@@ -123,7 +126,8 @@ def _run_slot(slot: dict) -> dict:
         result = generate_candidate(env, w["demo"], w["keyframes"], configuration, method=w["method"],
                                     planner=w["planner"], collision_check=w["checker"].check,
                                     max_extra_steps=config.settle_steps,
-                                    in_hand_from_demo=config.in_hand_from_demo)
+                                    in_hand_from_demo=config.in_hand_from_demo,
+                                    action_noise=config.action_noise, rng=np.random.default_rng([int(s), 0xD7]))
         if isinstance(result, Candidate):
             ep = result.episode
             ep.extra = dict(ep.extra or {}, slot=slot["index"], attempt=len(attempts) + 1)
