@@ -135,6 +135,9 @@ def main() -> int:
     ap.add_argument("--action-noise", type=float, default=0.0, metavar="M",
                     help="std (m per axis) of noise on the real demos' expert position actions, which "
                          "it corrects the step after (twinrl sim record --action-noise)")
+    ap.add_argument("--twin-action-noise", type=float, default=0.0, metavar="M",
+                    help="stage I executes the twin demos' paths with that jitter (m std per axis), "
+                         "each offset returned the step after (demogen action_noise)")
     ap.add_argument("--set", action="append", default=[], metavar="model.KEY=V|sft.KEY=V",
                     help="policy / SFT config override for every mix (e.g. sft.object_aux_weight=1.0); "
                          "checkpoints of runs with overrides get their own names")
@@ -146,7 +149,7 @@ def main() -> int:
     from twinrl_policy.config import load_model_config, load_sft_config
     from twinrl_policy.evaluation import evaluate_grid, write_heatmap
     from twinrl_policy.sft import SFTTrainer, state_path
-    from twinrl_twin.demogen.generate import generate
+    from twinrl_twin.demogen.generate import generate, load_demogen_config
 
     progress = sys.stderr.isatty()
     root = args.root or Path(tempfile.gettempdir()) / f"twinrl-table1-{args.task}"
@@ -186,12 +189,14 @@ def main() -> int:
     pools = {"id": [], "ood": []}
     if n_id or n_ood:
         twin = build_twin(args.task, root)
-        twin_dir = root / f"twin_demos_{args.method}_{tag}_s{args.seed}{post}"
+        twin_post = post + (f"_tn{args.twin_action_noise * 1000:g}mm" if args.twin_action_noise else "")
+        twin_dir = root / f"twin_demos_{args.method}_{tag}_s{args.seed}{twin_post}"
         pools = twin_pools(twin_dir) if twin_dir.exists() else pools
         if len(pools["id"]) < n_id or len(pools["ood"]) < n_ood:
             if twin_dir.exists():
                 shutil.rmtree(twin_dir)
-            twin_info = generate(twin, seed_demo, twin_dir, n_id, n_ood, method=args.method,
+            dg_cfg = load_demogen_config(overrides=[f"action_noise={args.twin_action_noise}"])
+            twin_info = generate(twin, seed_demo, twin_dir, n_id, n_ood, method=args.method, config=dg_cfg,
                                  workers=args.workers, seed=args.seed, camera_overrides=camera_overrides(size),
                                  progress=progress)
             pools = twin_pools(twin_dir)
@@ -235,13 +240,14 @@ def main() -> int:
             continue
         data = [real]
         if mid or mood:
-            data.append(subset(pools["id"][0].parent, root / f"mix_{mid}_{mood}_{tag}{post}",
+            data.append(subset(pools["id"][0].parent, root / f"mix_{mid}_{mood}_{tag}{twin_post}",
                                pools["id"][:mid] + pools["ood"][:mood]))
         model_cfg = load_model_config(None, model_over)
         runs = []
         for k in range(args.seeds):              # one policy per training seed
             seed = args.seed + k
-            ckpt = root / f"sft_{mid}_{mood}_{ckpt_tag}_{args.steps}_s{seed}.ckpt"
+            twin_tag = f"_tn{args.twin_action_noise * 1000:g}mm" if args.twin_action_noise and (mid or mood) else ""
+            ckpt = root / f"sft_{mid}_{mood}_{ckpt_tag}{twin_tag}_{args.steps}_s{seed}.ckpt"
             sft_cfg = load_sft_config(None, sft_over + [f"seed={seed}"])
             status = training_status(ckpt, model_cfg, sft_cfg) if ckpt.exists() else "none"
             if status == "other":
