@@ -62,8 +62,10 @@ def test_table1_tiny_run(tmp_path, ros_env):
     assert r4.returncode == 0, r4.stderr[-3000:]
     assert "trained with another model or SFT config" in r4.stderr and "SFT pick_and_place" in r4.stderr
     # real demos with a jittering expert (--action-noise): stage I starts from a steady demo of
-    # the first real demo's start, not from that jittered demo
-    r5 = subprocess.run(cmd[:cmd.index("--mixes")] + ["--mixes", "2/1", "--seeds", "1", "--action-noise", "0.003"]
+    # the first real demo's start, not from that jittered demo; --twin-action-noise jitters the
+    # twin demos' execution
+    r5 = subprocess.run(cmd[:cmd.index("--mixes")] + ["--mixes", "2/1", "--seeds", "1", "--action-noise", "0.003",
+                                                      "--twin-action-noise", "0.002"]
                         + cmd[cmd.index("--steps"):], env=ros_env, capture_output=True, text=True, timeout=600)
     assert r5.returncode == 0, r5.stdout[-3000:] + r5.stderr[-3000:]
     noisy = Dataset(next((tmp_path / "w").glob("real_2_*_an3mm")))
@@ -73,9 +75,11 @@ def test_table1_tiny_run(tmp_path, ros_env):
     first, seed = load_episode(noisy.path(0), images=False), load_episode(steady.path(0), images=False)
     assert first.extra["action_noise"] == 0.003 and seed.extra["action_noise"] == 0.0
     assert first.initial_configuration == seed.initial_configuration
-    twin_demos = Dataset(next((tmp_path / "w").glob("twin_demos_*_an3mm")))
-    assert {load_episode(twin_demos.path(i), images=False).extra["seed_demo"]
-            for i in range(len(twin_demos))} == {seed.episode_id}
+    twin_demos = Dataset(next((tmp_path / "w").glob("twin_demos_*_an3mm_tn2mm")))
+    extras = [load_episode(twin_demos.path(i), images=False).extra for i in range(len(twin_demos))]
+    assert {e["seed_demo"] for e in extras} == {seed.episode_id}
+    assert {e["action_noise"] for e in extras} == {0.002}
+    assert len(list((tmp_path / "w").glob("sft_2_1_*_an3mm_tn2mm_5_s0.ckpt"))) == 1
 
 
 def test_table1_rejects_a_bad_mix_or_seed_count(ros_env):
