@@ -195,7 +195,10 @@ def main() -> int:
         if len(pools["id"]) < n_id or len(pools["ood"]) < n_ood:
             if twin_dir.exists():
                 shutil.rmtree(twin_dir)
+            # every slot is needed: more tries per slot than the product's default (the first
+            # tries are the same, so runs that needed no more are unchanged)
             dg_cfg = load_demogen_config(overrides=[f"action_noise={args.twin_action_noise}"])
+            dg_cfg.max_attempts = max(dg_cfg.max_attempts, 8)
             twin_info = generate(twin, seed_demo, twin_dir, n_id, n_ood, method=args.method, config=dg_cfg,
                                  workers=args.workers, seed=args.seed, camera_overrides=camera_overrides(size),
                                  progress=progress)
