@@ -8,12 +8,15 @@ per data mix and evaluate each over the whole grid in the sim world. Mixes (pape
 real only, +30 ID/+30 OOD, +60 ID/+30 OOD, +30 ID/+60 OOD twin demos (``--mixes`` changes
 them). The real demos are also replayed in the twin and the twin mixes train with the paired
 feature-alignment loss (``sft.align_weight``, config/policy.yaml; ``--set sft.align_weight=0``
-turns it off). Prints ID, OOD and average success rates with deltas against real-only, and writes
+turns it off). ``--action-noise M`` records the real demos with a jittering expert (stage I then
+starts from a steady demo of the first real demo's start); ``--twin-action-noise M`` jitters the
+twin demos' execution the same way (docs/policy.md, "A jittering hand in the demos"). Prints ID, OOD and average success rates with deltas against real-only, and writes
 ``table1_<task>.json``, ``table1_<task>.png`` (SR per mix) and one heatmap per mix to --out.
 
     python bench/table1.py --task pick_and_place [--real 30] [--steps 3000] [--batch 64]
         [--rollouts-per-cell 2] [--image-size 128,64] [--mixes 0/0 30/30 60/30 30/60]
         [--method affine] [--seeds 1] [--workers 2] [--root DIR] [--out DIR] [--json]
+        [--post-success-steps K] [--action-noise M] [--twin-action-noise M] [--set model.KEY=V ...]
 
 Everything (demos, twin, checkpoints) is kept under --root (default: a directory under the
 system temp dir named after the task), so a second run reuses what is there: the same
@@ -161,11 +164,11 @@ def main() -> int:
     t_start = time.monotonic()
 
     # 1. "real" demos: scripted expert in the sim world, ID region
-    post = f"_post{args.post_success_steps}" if args.post_success_steps else ""
+    steady = f"_post{args.post_success_steps}" if args.post_success_steps else ""
     if args.approach_error or args.approach_yaw_error:
-        post += f"_ae{args.approach_error * 1000:g}mm{args.approach_yaw_error:g}rad"
-    if args.action_noise:
-        post += f"_an{args.action_noise * 1000:g}mm"
+        steady += f"_ae{args.approach_error * 1000:g}mm{args.approach_yaw_error:g}rad"
+    post = steady + (f"_an{args.action_noise * 1000:g}mm" if args.action_noise else "")
+    twin_post = post + (f"_tn{args.twin_action_noise * 1000:g}mm" if args.twin_action_noise else "")
     real = record_demos(args.task, root / f"real_{args.real}_{tag}_s{args.seed}{post}", args.real, "id",
                         seed=10_000 + args.seed, image_size=size, progress=progress,
                         post_success_steps=args.post_success_steps, approach_error=args.approach_error,
@@ -175,7 +178,6 @@ def main() -> int:
     if args.action_noise:
         # stage I starts from one steady demo of the same start: a jittered seed's path would be
         # copied into every twin demo (and its presses into a surface are collisions in the twin)
-        steady = post.replace(f"_an{args.action_noise * 1000:g}mm", "")
         seed_demo = Dataset(record_demos(args.task, root / f"seed_demo_{tag}_s{args.seed}{steady}", 1, "id",
                                          seed=10_000 + args.seed, image_size=size, max_tries=20,
                                          post_success_steps=args.post_success_steps,
@@ -189,7 +191,6 @@ def main() -> int:
     pools = {"id": [], "ood": []}
     if n_id or n_ood:
         twin = build_twin(args.task, root)
-        twin_post = post + (f"_tn{args.twin_action_noise * 1000:g}mm" if args.twin_action_noise else "")
         twin_dir = root / f"twin_demos_{args.method}_{tag}_s{args.seed}{twin_post}"
         pools = twin_pools(twin_dir) if twin_dir.exists() else pools
         if len(pools["id"]) < n_id or len(pools["ood"]) < n_ood:
@@ -249,7 +250,7 @@ def main() -> int:
         runs = []
         for k in range(args.seeds):              # one policy per training seed
             seed = args.seed + k
-            twin_tag = f"_tn{args.twin_action_noise * 1000:g}mm" if args.twin_action_noise and (mid or mood) else ""
+            twin_tag = twin_post[len(post):] if (mid or mood) else ""
             ckpt = root / f"sft_{mid}_{mood}_{ckpt_tag}{twin_tag}_{args.steps}_s{seed}.ckpt"
             sft_cfg = load_sft_config(None, sft_over + [f"seed={seed}"])
             status = training_status(ckpt, model_cfg, sft_cfg) if ckpt.exists() else "none"
