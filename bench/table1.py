@@ -10,8 +10,9 @@ them). The real demos are also replayed in the twin and the twin mixes train wit
 feature-alignment loss (``sft.align_weight``, config/policy.yaml; ``--set sft.align_weight=0``
 turns it off). ``--action-noise M`` records the real demos with a jittering expert (stage I then
 starts from a steady demo of the first real demo's start); ``--twin-action-noise M`` jitters the
-twin demos' execution the same way (docs/policy.md, "A jittering hand in the demos"). Prints ID, OOD and average success rates with deltas against real-only, and writes
-``table1_<task>.json``, ``table1_<task>.png`` (SR per mix) and one heatmap per mix to --out.
+twin demos' execution the same way (docs/policy.md, "A jittering hand in the demos"). Prints ID,
+OOD and average success rates with deltas against real-only, and writes ``table1_<task>.json``,
+``table1_<task>.png`` (SR per mix) and one heatmap per mix to --out.
 
     python bench/table1.py --task pick_and_place [--real 30] [--steps 3000] [--batch 64]
         [--rollouts-per-cell 2] [--image-size 128,64] [--mixes 0/0 30/30 60/30 30/60]
@@ -168,7 +169,8 @@ def main() -> int:
     if args.approach_error or args.approach_yaw_error:
         steady += f"_ae{args.approach_error * 1000:g}mm{args.approach_yaw_error:g}rad"
     post = steady + (f"_an{args.action_noise * 1000:g}mm" if args.action_noise else "")
-    twin_post = post + (f"_tn{args.twin_action_noise * 1000:g}mm" if args.twin_action_noise else "")
+    twin_jitter = f"_tn{args.twin_action_noise * 1000:g}mm" if args.twin_action_noise else ""
+    twin_post = post + twin_jitter
     real = record_demos(args.task, root / f"real_{args.real}_{tag}_s{args.seed}{post}", args.real, "id",
                         seed=10_000 + args.seed, image_size=size, progress=progress,
                         post_success_steps=args.post_success_steps, approach_error=args.approach_error,
@@ -250,8 +252,7 @@ def main() -> int:
         runs = []
         for k in range(args.seeds):              # one policy per training seed
             seed = args.seed + k
-            twin_tag = twin_post[len(post):] if (mid or mood) else ""
-            ckpt = root / f"sft_{mid}_{mood}_{ckpt_tag}{twin_tag}_{args.steps}_s{seed}.ckpt"
+            ckpt = root / f"sft_{mid}_{mood}_{ckpt_tag}{twin_jitter if (mid or mood) else ''}_{args.steps}_s{seed}.ckpt"
             sft_cfg = load_sft_config(None, sft_over + [f"seed={seed}"])
             status = training_status(ckpt, model_cfg, sft_cfg) if ckpt.exists() else "none"
             if status == "other":
