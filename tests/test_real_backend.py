@@ -163,7 +163,8 @@ def bridge_rig(rclpy_context, spawn_node, tmp_path):
     proc = spawn_node("twinrl_bringup", "fr3_bridge", parameters={
         "backend": "real", "backend_config": str(cfg_path), "publish_joint_states": False,
         "status_rate": 50.0, "camera_rate": 0.0, "human_override_s": HUMAN_OVERRIDE_S})
-    ok = robot.wait(lambda: robot.status is not None and robot.tcp, 20.0)  # up, with robot state
+    # up, with robot state, and its diagnostics seen (the tests read counters from them)
+    ok = robot.wait(lambda: robot.status is not None and robot.tcp and robot.diagnostics is not None, 20.0)
     assert ok, "fr3_bridge did not come up:\n" + proc.output()
     assert "franka_msgs is not installed" in proc.output()  # the missing interface is named
     yield robot, proc, SafetyEnvelope(load_safety_config())

@@ -31,7 +31,6 @@ def main(argv=None) -> int:
 
     from twinrl_bringup.nodes import fail_start, spin_until_shutdown
     from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-    from rclpy.executors import MultiThreadedExecutor
     from rclpy.node import Node
 
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -46,6 +45,7 @@ def main(argv=None) -> int:
     from twinrl_bringup.bridge.rosconv import (
         action_from_msg, configuration_from_msg, configuration_to_msg, fill_pose, image_msg,
         camera_info_msg, executed_delta)
+    from twinrl_bringup.executor import OffloadExecutor
     from twinrl_bringup.safety import SafetyEnvelope, load_safety_config
 
     rclpy.init(args=argv)
@@ -288,8 +288,9 @@ def main(argv=None) -> int:
             pubs[0].publish(image_msg(frame, stamp))
             pubs[1].publish(camera_info_msg(frame, stamp))
 
+    camera_group = MutuallyExclusiveCallbackGroup()
     if camera_rate > 0:
-        node.create_timer(1.0 / camera_rate, on_cameras, callback_group=MutuallyExclusiveCallbackGroup())
+        node.create_timer(1.0 / camera_rate, on_cameras, callback_group=camera_group)
 
     def on_status():
         s = bridge.status()
@@ -331,7 +332,10 @@ def main(argv=None) -> int:
         except Exception as exc:  # stopping must not mask the shutdown
             log.error(f"backend stop failed: {exc}")
 
-    executor = MultiThreadedExecutor(num_threads=3)
+    # The reset (seconds) and the camera renders run on worker threads of their own; status,
+    # actions and robot state run on the spinning thread, which a thread pool per callback
+    # would keep busy enough to delay the control loop (see twinrl_bringup.executor).
+    executor = OffloadExecutor(offload=[reset_group, camera_group])
     executor.add_node(node)
     return spin_until_shutdown(node, executor, on_shutdown=on_shutdown)
 
