@@ -35,7 +35,6 @@ def main(argv=None) -> int:
 
     from twinrl_bringup.nodes import fail_start, spin_until_shutdown
     from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-    from rclpy.executors import MultiThreadedExecutor
     from rclpy.node import Node
     from rclpy.qos import QoSProfile, ReliabilityPolicy
 
@@ -43,6 +42,7 @@ def main(argv=None) -> int:
     from sensor_msgs.msg import Image, JointState
     from std_msgs.msg import Float64
     from twinrl_bringup.dataset import command_vector
+    from twinrl_bringup.executor import OffloadExecutor
     from twinrl_msgs.msg import Action, CommandedTarget, Observation, PolicyVersion
 
     from twinrl_policy.checkpoint import CheckpointError
@@ -219,10 +219,13 @@ def main(argv=None) -> int:
             return
         log.info(f"reloaded policy version {runner.version} from {msg.uri} (stage {msg.stage or '?'})")
 
+    reload_group = MutuallyExclusiveCallbackGroup()
     node.create_subscription(PolicyVersion, "/twinrl/policy_version", on_version, 10,
-                             callback_group=MutuallyExclusiveCallbackGroup())
+                             callback_group=reload_group)
 
-    executor = MultiThreadedExecutor(num_threads=3)
+    # A reload (file read, checksum, model build) runs on a worker thread and the node keeps
+    # acting with the old weights meanwhile; sensors and inference run on the spinning thread.
+    executor = OffloadExecutor(offload=[reload_group])
     executor.add_node(node)
     return spin_until_shutdown(node, executor)
 
