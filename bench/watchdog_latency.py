@@ -8,7 +8,8 @@ clock) once its `watchdog_holds` counter moves. Target: <= 200 ms (config/safety
 watchdog_timeout; the bridge fires a hold margin of 1.5 loop periods earlier, ~150 ms at 50 Hz).
 `--load K` adds K busy-loop processes beside it. The control thread runs with SCHED_FIFO but
 still needs the GIL and the bridge lock, which a descheduled executor thread may hold, so a
-saturated host can still delay a hold (see docs/real_robot.md).
+saturated host can still delay a hold (see docs/real_robot.md). The sim backend takes no
+robot-state stream; what such a stream costs the control loop is bench/executor_load.py's.
 
     python bench/watchdog_latency.py [--trials 20] [--load 0] [--json]
 """
