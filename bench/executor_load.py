@@ -155,7 +155,7 @@ def main(argv=None) -> int:
         subscribe(args.kind, args.seconds, args.warmup)
         return 0
     env = dict(os.environ)
-    env["ROS_DOMAIN_ID"] = str(os.getpid() % 100 + 120)   # private: 120..219 (above the tests')
+    env.setdefault("ROS_DOMAIN_ID", str(os.getpid() % 101 + 1))   # 1..101: valid for every RMW
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     rows = [run_kind(k, args.rate, args.seconds, env) for k in tqdm(KINDS, desc="executors")]
     if args.json:
