@@ -192,3 +192,71 @@ def test_action_noise_jitters_the_twin_demos(seeds, tiny_twins, tmp_path):
     assert 0.001 < np.abs(off).max() < 0.015 and np.allclose(off[-1], 0.0, atol=1e-6)
     with pytest.raises(ValueError, match="action_noise"):
         load_demogen_config(overrides=["action_noise=0.5"]).validate()
+
+
+def test_offset_approach_arrives_off_and_corrects_above_the_object():
+    """execute.offset_approach: the approach poses are moved by up to the error (horizontally,
+    growing from the start), the hover pose and everything after it are the path's, every step
+    stays within the envelope's step, and the keyframe marks follow the retimed poses."""
+    from twinrl_twin.demogen.execute import offset_approach
+    from twinrl_twin.demogen.path import EEPath
+    from twinrl_twin.demogen.transfer import MAX_STEP
+
+    n_app, n_rest = 8, 6
+    P = np.concatenate([np.linspace([0.45, 0.0, 0.35], [0.55, 0.1, 0.12], n_app + 1),
+                        np.linspace([0.55, 0.1, 0.12], [0.55, 0.1, 0.03], n_rest + 1)[1:]])
+    Q = np.tile([1.0, 0.0, 0.0, 0.0], (len(P), 1))
+    G = -np.ones(len(P) - 1)
+    path = EEPath(P, Q, G, segments=[("start", 0), ("approach", n_app), ("grasp", len(P) - 1)])
+    same, e0 = offset_approach(path, 0.0, np.random.default_rng(0))
+    assert same is path and not e0.any()
+    offsets = []
+    for seed in range(20):
+        out, e = offset_approach(path, 0.04, np.random.default_rng(seed))
+        marks = dict(out.segments)
+        a = marks["approach"]
+        assert 0 < np.linalg.norm(e) <= 0.04 + 1e-12 and e[2] == 0.0
+        np.testing.assert_allclose(out.positions[0], P[0])
+        np.testing.assert_allclose(out.positions[a:], P[n_app:])          # hover on, unchanged
+        assert marks["grasp"] == len(out.positions) - 1
+        assert np.linalg.norm(np.diff(out.positions, axis=0), axis=1).max() <= MAX_STEP + 1e-9
+        # the pose before the hover correction is off by e: the path's pose there plus e
+        np.testing.assert_allclose(out.positions[marks["approach"] - (len(out.positions) - len(P)) - 1],
+                                   P[n_app - 1] + e, atol=1e-9)
+        offsets.append(e[:2])
+    offsets = np.array(offsets)
+    assert np.abs(offsets.mean(axis=0)).max() < 0.02 and offsets.std(axis=0).min() > 0.005
+    np.testing.assert_allclose(offset_approach(path, 0.04, np.random.default_rng(3))[0].positions,
+                               offset_approach(path, 0.04, np.random.default_rng(3))[0].positions)
+
+
+def test_approach_error_aims_the_twin_demos_off_and_back(seeds, tiny_twins, tmp_path):
+    """demogen `approach_error`: the kept demo still succeeds, names its offset, and its
+    commanded path leaves the error-free demo's before the grasp and meets it again."""
+    from twinrl_twin.demogen.generate import generate, load_demogen_config
+
+    runs = {}
+    for err in (0.0, 0.03):
+        cfg = load_demogen_config(overrides=["render=false", f"approach_error={err}"])
+        out = tmp_path / f"a{err}"
+        s = generate(tiny_twins("pick_and_place"), seeds["pick_and_place"], out, n_id=1, n_ood=0,
+                     method="affine", config=cfg, seed=2, progress=False)
+        assert s["generated"] == 1, s
+        runs[err] = next(iter(ds.Dataset(out)))
+    plain, aimed = runs[0.0], runs[0.03]
+    assert aimed.is_success and plain.initial_configuration == aimed.initial_configuration
+    e = np.asarray(aimed.extra["approach_offset"])
+    assert aimed.extra["approach_error"] == 0.03 and 0 < np.linalg.norm(e) <= 0.03
+    assert "approach_offset" not in plain.extra
+    # commanded positions relative to the start (pose j = sum of the first j actions)
+    cp = np.vstack([np.zeros(3), np.cumsum(plain.actions[:, :3], axis=0)])
+    ca = np.vstack([np.zeros(3), np.cumsum(aimed.actions[:, :3], axis=0)])
+    k, ka = plain.extra["keyframes"]["approach"], aimed.extra["keyframes"]["approach"]
+    # before the hover it is off the error-free path by up to |e| (distance to its nearest pose)
+    off = max(np.linalg.norm(cp - p, axis=1).min() for p in ca[:ka])
+    assert 0.5 * np.linalg.norm(e) <= off <= np.linalg.norm(e) + 0.045, (off, e)
+    # from the hover on it is the error-free path
+    n = len(cp) - k
+    np.testing.assert_allclose(ca[ka:ka + n], cp[k:], atol=1e-5)
+    with pytest.raises(ValueError, match="approach_error"):
+        load_demogen_config(overrides=["approach_error=0.2"]).validate()

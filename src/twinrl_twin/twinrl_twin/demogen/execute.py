@@ -9,6 +9,7 @@ a :class:`~.path.Candidate` or a :class:`~.path.Rejection`.
 """
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable, Optional
 
@@ -19,7 +20,7 @@ from twinrl_bringup import dataset as ds
 from .keyframes import in_hand_xy, map_keyframes
 from .path import (REJECT_COLLISION, REJECT_ERROR, REJECT_TASK_FAILED, REJECT_UNREACHABLE, Candidate,
                    CandidateRejected, EEPath, Rejection)
-from .transfer import affine_transfer
+from .transfer import affine_transfer, retime
 
 METHODS = ("affine", "plan")
 OBJECT_TOLERANCE = 0.001        # m: the applied object pose must match the requested one
@@ -51,6 +52,30 @@ def jitter_actions(actions: np.ndarray, noise: float, rng: np.random.Generator,
     n[-1] = 0.0
     a[:, :3] += n - np.vstack([np.zeros((1, 3)), n[:-1]])
     return a
+
+
+def offset_approach(path: EEPath, error: float, rng: np.random.Generator) -> tuple[EEPath, np.ndarray]:
+    """The path with its approach aimed off, as a teleoperator's hand arrives above an object:
+    the poses from the start to the ``approach`` keyframe (the hover above the object) are
+    moved by ``w_k e``, ``e`` uniform in a horizontal disc of radius ``error`` (m) and ``w_k``
+    rising linearly from 0 at the start to 1 at the pose before the hover, so the path
+    arrives off by ``e`` and its last approach step corrects to the hover (split into steps the
+    envelope allows). Returns ``(path, e)``; the path is unchanged (and ``e`` zero) for
+    ``error`` 0 or an approach shorter than two steps. As the sim expert's ``approach_error``:
+    the episode then holds the way back from where a policy's own localisation error leaves it."""
+    e = np.zeros(3)
+    if error <= 0:
+        return path, e
+    marks = dict(path.segments)
+    a = int(marks.get("approach", 0))
+    if a < 2:
+        return path, e
+    r, phi = error * math.sqrt(rng.uniform()), rng.uniform(0.0, 2.0 * math.pi)
+    e[:2] = r * math.cos(phi), r * math.sin(phi)
+    P = path.positions.copy()
+    P[1:a] += (np.arange(1, a) / (a - 1))[:, None] * e
+    P2, Q2, G2, index = retime(P, path.quaternions, path.gripper)
+    return EEPath(P2, Q2, G2, segments=[(name, int(index[i])) for name, i in path.segments]), e
 
 
 def execute_path(env, path: EEPath, configuration: dict, collision_check: Optional[Callable] = None,
@@ -156,10 +181,11 @@ def _path_in_workspace(env, path: EEPath) -> None:
 def generate_candidate(env, demo, keyframes, configuration: dict, method: str = "affine", planner=None,
                        collision_check: Optional[Callable] = None, max_extra_steps: int = 10,
                        in_hand_from_demo: bool = True, action_noise: float = 0.0,
-                       rng: Optional[np.random.Generator] = None):
+                       rng: Optional[np.random.Generator] = None, approach_error: float = 0.0):
     """One candidate: map the keyframes to ``configuration``, build the path (``affine``:
     :func:`~.transfer.affine_transfer`; ``plan``: ``planner(env, demo, keyframes,
-    new_keyframes) -> EEPath``), execute it in ``env`` (with ``in_hand_from_demo``, holding the
+    new_keyframes) -> EEPath``), aim its approach off by up to ``approach_error`` m
+    (:func:`offset_approach`), execute it in ``env`` (with ``in_hand_from_demo``, holding the
     object where the seed demo implies it was held: :func:`~.keyframes.in_hand_xy`). Returns a
     :class:`Candidate` or a
     :class:`Rejection` (never raises for a candidate problem; unexpected exceptions become
@@ -178,6 +204,8 @@ def generate_candidate(env, demo, keyframes, configuration: dict, method: str = 
             path = planner(env, demo, keyframes, new_kf)
             if not isinstance(path, EEPath):
                 raise CandidateRejected(REJECT_ERROR, f"planner returned {type(path).__name__}, not an EEPath")
+        rng = rng if rng is not None else np.random.default_rng()
+        path, offset = offset_approach(path, approach_error, rng)
         _path_in_workspace(env, path)
         in_hand = in_hand_xy(demo, keyframes, env.task_obj) if in_hand_from_demo else None
         episode = execute_path(env, path, cfg, collision_check=collision_check, max_extra_steps=max_extra_steps,
@@ -188,10 +216,13 @@ def generate_candidate(env, demo, keyframes, configuration: dict, method: str = 
         return Rejection(rej.reason, rej.detail, cfg)
     except Exception as exc:  # noqa: BLE001 - a candidate problem, reported not raised
         return Rejection(REJECT_ERROR, repr(exc), cfg)
+    if approach_error > 0:
+        episode.extra = dict(episode.extra or {}, approach_error=float(approach_error),
+                             approach_offset=[round(float(v), 5) for v in offset])
     seconds = time.perf_counter() - t0
     return Candidate(episode=episode, path=path, method=method, configuration=dict(episode.initial_configuration),
                      seconds=seconds, info={"keyframes": dict(episode.extra["keyframes"]), "steps": episode.length,
                                             "path_steps": len(path)})
 
 
-__all__ = ["execute_path", "generate_candidate", "jitter_actions", "METHODS"]
+__all__ = ["execute_path", "generate_candidate", "jitter_actions", "offset_approach", "METHODS"]
