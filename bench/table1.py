@@ -10,14 +10,16 @@ them). The real demos are also replayed in the twin and the twin mixes train wit
 feature-alignment loss (``sft.align_weight``, config/policy.yaml; ``--set sft.align_weight=0``
 turns it off). ``--action-noise M`` records the real demos with a jittering expert (stage I then
 starts from a steady demo of the first real demo's start); ``--twin-action-noise M`` jitters the
-twin demos' execution the same way (docs/policy.md, "A jittering hand in the demos"). Prints ID,
+twin demos' execution the same way (docs/policy.md, "A jittering hand in the demos");
+``--twin-approach-error M`` aims each twin demo's approach off and back (demogen approach_error). Prints ID,
 OOD and average success rates with deltas against real-only, and writes ``table1_<task>.json``,
 ``table1_<task>.png`` (SR per mix) and one heatmap per mix to --out.
 
     python bench/table1.py --task pick_and_place [--real 30] [--steps 3000] [--batch 64]
         [--rollouts-per-cell 2] [--image-size 128,64] [--mixes 0/0 30/30 60/30 30/60]
         [--method affine] [--seeds 1] [--workers 2] [--root DIR] [--out DIR] [--json]
-        [--post-success-steps K] [--action-noise M] [--twin-action-noise M] [--set model.KEY=V ...]
+        [--post-success-steps K] [--action-noise M] [--twin-action-noise M] [--twin-approach-error M]
+        [--set model.KEY=V ...]
 
 Everything (demos, twin, checkpoints) is kept under --root (default: a directory under the
 system temp dir named after the task), so a second run reuses what is there: the same
@@ -142,6 +144,9 @@ def main() -> int:
     ap.add_argument("--twin-action-noise", type=float, default=0.0, metavar="M",
                     help="stage I executes the twin demos' paths with that jitter (m std per axis), "
                          "each offset returned the step after (demogen action_noise)")
+    ap.add_argument("--twin-approach-error", type=float, default=0.0, metavar="M",
+                    help="stage I aims each twin demo's approach off by up to M (m, horizontal) and "
+                         "corrects it above the object (demogen approach_error)")
     ap.add_argument("--set", action="append", default=[], metavar="model.KEY=V|sft.KEY=V",
                     help="policy / SFT config override for every mix (e.g. sft.object_aux_weight=1.0); "
                          "checkpoints of runs with overrides get their own names")
@@ -170,6 +175,8 @@ def main() -> int:
         steady += f"_ae{args.approach_error * 1000:g}mm{args.approach_yaw_error:g}rad"
     post = steady + (f"_an{args.action_noise * 1000:g}mm" if args.action_noise else "")
     twin_jitter = f"_tn{args.twin_action_noise * 1000:g}mm" if args.twin_action_noise else ""
+    if args.twin_approach_error:
+        twin_jitter += f"_ta{args.twin_approach_error * 1000:g}mm"
     twin_post = post + twin_jitter
     real = record_demos(args.task, root / f"real_{args.real}_{tag}_s{args.seed}{post}", args.real, "id",
                         seed=10_000 + args.seed, image_size=size, progress=progress,
@@ -200,7 +207,8 @@ def main() -> int:
                 shutil.rmtree(twin_dir)
             # every slot is needed: more tries per slot than the product's default (the first
             # tries are the same, so runs that needed no more are unchanged)
-            dg_cfg = load_demogen_config(overrides=[f"action_noise={args.twin_action_noise}"])
+            dg_cfg = load_demogen_config(overrides=[f"action_noise={args.twin_action_noise}",
+                                                    f"approach_error={args.twin_approach_error}"])
             dg_cfg.max_attempts = max(dg_cfg.max_attempts, 8)
             twin_info = generate(twin, seed_demo, twin_dir, n_id, n_ood, method=args.method, config=dg_cfg,
                                  workers=args.workers, seed=args.seed, camera_overrides=camera_overrides(size),
