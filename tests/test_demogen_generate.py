@@ -151,6 +151,17 @@ def test_cli_generate_json_and_errors(seeds, tiny_twins, tmp_path, ros_env):
     assert r["episodes"] == 2 and "insert_hexagon" in r["by"]
 
 
+def one_pick_demo(seeds, tiny_twins, out, override: str):
+    """The one pick_and_place twin demo of slot seed 2 (no images), with a demogen override."""
+    from twinrl_twin.demogen.generate import generate, load_demogen_config
+
+    cfg = load_demogen_config(overrides=["render=false", override])
+    s = generate(tiny_twins("pick_and_place"), seeds["pick_and_place"], out, n_id=1, n_ood=0,
+                 method="affine", config=cfg, seed=2, progress=False)
+    assert s["generated"] == 1, s
+    return next(iter(ds.Dataset(out)))
+
+
 def test_jittered_path_returns_to_the_path_every_step():
     """execute.jitter_actions: step k's commanded target is off the path by n_k and step k+1
     returns to it, so the executed actions sum to the path's; the hand is still where the path
@@ -175,17 +186,9 @@ def test_jittered_path_returns_to_the_path_every_step():
 def test_action_noise_jitters_the_twin_demos(seeds, tiny_twins, tmp_path):
     """demogen `action_noise`: the kept demos still succeed, say their noise, and move off the
     noise-free demo of the same slot and back."""
-    from twinrl_twin.demogen.generate import generate, load_demogen_config
+    from twinrl_twin.demogen.generate import load_demogen_config
 
-    runs = {}
-    for noise in (0.0, 0.003):
-        cfg = load_demogen_config(overrides=["render=false", f"action_noise={noise}"])
-        out = tmp_path / f"n{noise}"
-        s = generate(tiny_twins("pick_and_place"), seeds["pick_and_place"], out, n_id=1, n_ood=0,
-                     method="affine", config=cfg, seed=2, progress=False)
-        assert s["generated"] == 1, s
-        runs[noise] = next(iter(ds.Dataset(out)))
-    plain, noisy = runs[0.0], runs[0.003]
+    plain, noisy = (one_pick_demo(seeds, tiny_twins, tmp_path / f"n{v}", f"action_noise={v}") for v in (0.0, 0.003))
     assert noisy.is_success and noisy.extra["action_noise"] == 0.003 and plain.extra["action_noise"] == 0.0
     assert plain.initial_configuration == noisy.initial_configuration
     off = np.cumsum(noisy.actions[:, :3] - plain.actions[:, :3], axis=0)
@@ -233,17 +236,9 @@ def test_offset_approach_arrives_off_and_corrects_above_the_object():
 def test_approach_error_aims_the_twin_demos_off_and_back(seeds, tiny_twins, tmp_path):
     """demogen `approach_error`: the kept demo still succeeds, names its offset, and its
     commanded path leaves the error-free demo's before the grasp and meets it again."""
-    from twinrl_twin.demogen.generate import generate, load_demogen_config
+    from twinrl_twin.demogen.generate import load_demogen_config
 
-    runs = {}
-    for err in (0.0, 0.03):
-        cfg = load_demogen_config(overrides=["render=false", f"approach_error={err}"])
-        out = tmp_path / f"a{err}"
-        s = generate(tiny_twins("pick_and_place"), seeds["pick_and_place"], out, n_id=1, n_ood=0,
-                     method="affine", config=cfg, seed=2, progress=False)
-        assert s["generated"] == 1, s
-        runs[err] = next(iter(ds.Dataset(out)))
-    plain, aimed = runs[0.0], runs[0.03]
+    plain, aimed = (one_pick_demo(seeds, tiny_twins, tmp_path / f"a{v}", f"approach_error={v}") for v in (0.0, 0.03))
     assert aimed.is_success and plain.initial_configuration == aimed.initial_configuration
     e = np.asarray(aimed.extra["approach_offset"])
     assert aimed.extra["approach_error"] == 0.03 and 0 < np.linalg.norm(e) <= 0.03
