@@ -129,3 +129,65 @@ def test_an_offloaded_callback_error_is_raised_by_spin(rclpy_context):
     finally:
         spinner.stop()
         node.destroy_node()
+
+
+def test_action_goal_runs_on_a_worker_and_can_be_cancelled(rclpy_context):
+    """An action server named as a task owner: its goal execution (an executor task, not a
+    callback of a group) runs on a worker, while the spinning thread keeps a timer going and
+    serves the cancel request that ends it."""
+    import rclpy
+    from rclpy.action import ActionClient, ActionServer, CancelResponse
+    from twinrl_msgs.action import RunEpisode
+
+    from twinrl_bringup.executor import OffloadExecutor
+
+    node = rclpy.create_node("offload_action_test", context=rclpy_context)
+    seen = {"execute": [], "timer": []}
+
+    def execute(goal_handle):
+        seen["execute"].append(threading.get_ident())
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 10.0:
+            if goal_handle.is_cancel_requested:
+                goal_handle.canceled()
+                return RunEpisode.Result(message="cancelled")
+            time.sleep(0.01)
+        goal_handle.succeed()
+        return RunEpisode.Result(message="ran out")
+
+    server = ActionServer(node, RunEpisode, "/offload_test/episode", execute_callback=execute,
+                          cancel_callback=lambda _h: CancelResponse.ACCEPT)
+    node.create_timer(0.02, lambda: seen["timer"].append(time.monotonic()))
+    client_node = rclpy.create_node("offload_action_client", context=rclpy_context)
+    client = ActionClient(client_node, RunEpisode, "/offload_test/episode")
+    executor = OffloadExecutor(task_owners=[server], context=rclpy_context)
+    executor.add_node(node)
+    executor.add_node(client_node)
+    spinner = Spinner(executor)
+
+    def wait(pred, timeout):
+        t_end = time.monotonic() + timeout
+        while not pred() and time.monotonic() < t_end:
+            time.sleep(0.01)
+        return pred()
+
+    try:
+        assert client.wait_for_server(timeout_sec=5.0)
+        send = client.send_goal_async(RunEpisode.Goal(max_steps=5))
+        assert wait(send.done, 5.0) and send.result().accepted
+        assert wait(lambda: seen["execute"], 5.0)
+        t0 = time.monotonic()
+        time.sleep(0.5)
+        ticks = [t for t in seen["timer"] if t >= t0]
+        assert len(ticks) >= 10, len(ticks)            # the goal does not hold the spinning thread
+        cancel = send.result().cancel_goal_async()
+        result = send.result().get_result_async()
+        assert wait(result.done, 5.0), "the cancel request was not served while the goal ran"
+        assert result.result().result.message == "cancelled"
+        assert seen["execute"] == [seen["execute"][0]] and seen["execute"][0] != spinner.thread.ident
+        assert cancel.done() and spinner.errors == []
+    finally:
+        spinner.stop()
+        server.destroy()
+        node.destroy_node()
+        client_node.destroy_node()
