@@ -463,12 +463,11 @@ def main(argv=None) -> int:
 
     from twinrl_bringup.nodes import fail_start, spin_until_shutdown
     from rclpy.action import ActionServer, CancelResponse, GoalResponse
-    from rclpy.callback_groups import ReentrantCallbackGroup
-    from rclpy.executors import MultiThreadedExecutor
     from twinrl_msgs.action import RunEpisode
     from twinrl_msgs.msg import Episode
 
     from twinrl_bringup.bridge.rosconv import configuration_from_msg, configuration_to_msg
+    from twinrl_bringup.executor import OffloadExecutor
 
     rclpy.init(args=argv)
     node = rclpy.create_node("episode_manager")
@@ -567,10 +566,12 @@ def main(argv=None) -> int:
             goal_handle.succeed()
         return result
 
-    ActionServer(node, RunEpisode, p["action_name"], execute_callback=execute, goal_callback=on_goal,
-                 cancel_callback=lambda _h: CancelResponse.ACCEPT, callback_group=ReentrantCallbackGroup())
+    server = ActionServer(node, RunEpisode, p["action_name"], execute_callback=execute, goal_callback=on_goal,
+                          cancel_callback=lambda _h: CancelResponse.ACCEPT)
     log.info(f"episode_manager ready on {p['action_name']} (dataset {config.dataset_dir})")
-    executor = MultiThreadedExecutor(num_threads=4)
+    # An episode runs on a worker thread; sensors, service responses, goal and cancel requests
+    # run on the spinning thread (see twinrl_bringup.executor).
+    executor = OffloadExecutor(task_owners=[server])
     executor.add_node(node)
     return spin_until_shutdown(node, executor)
 
