@@ -74,6 +74,20 @@ def record_demos(task: str, out: Path, n: int, region: str = "id", seed: int = 0
     return out
 
 
+def first_demo(root: Path) -> tuple[Path, int]:
+    """(file, seed) of the episode in dataset ``root`` recorded from the lowest seed: the first
+    demo :func:`record_demos` kept. File order is no guide to it (episode ids carry a random
+    suffix after a one-second time stamp)."""
+    from twinrl_bringup.dataset import Dataset, load_episode
+
+    ds = Dataset(root)
+    seeds = [int(load_episode(ds.path(i), images=False).initial_configuration["seed"]) for i in range(len(ds))]
+    if not seeds:
+        raise RuntimeError(f"{root}: no episodes")
+    i = min(range(len(seeds)), key=seeds.__getitem__)
+    return ds.path(i), seeds[i]
+
+
 def record_seed(task: str, root: Path, seed: int, image_size: Optional[tuple[int, int]] = None) -> Path:
     from twinrl_bringup.dataset import Dataset
 

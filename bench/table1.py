@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import build_twin, camera_overrides, record_demos
+from common import build_twin, camera_overrides, first_demo, record_demos
 
 TASKS = ["pick_and_place", "insert_hexagon", "insert_triple_column", "erase_whiteboard"]
 
@@ -183,12 +183,12 @@ def main() -> int:
                         post_success_steps=args.post_success_steps, approach_error=args.approach_error,
                         approach_yaw_error=args.approach_yaw_error, action_noise=args.action_noise)
     from twinrl_bringup.dataset import Dataset
-    seed_demo = Dataset(real).path(0)
+    seed_demo, first_seed = first_demo(real)
     if args.action_noise:
         # stage I starts from one steady demo of the same start: a jittered seed's path would be
         # copied into every twin demo (and its presses into a surface are collisions in the twin)
         seed_demo = Dataset(record_demos(args.task, root / f"seed_demo_{tag}_s{args.seed}{steady}", 1, "id",
-                                         seed=10_000 + args.seed, image_size=size, max_tries=20,
+                                         seed=first_seed, image_size=size, max_tries=20,
                                          post_success_steps=args.post_success_steps,
                                          approach_error=args.approach_error,
                                          approach_yaw_error=args.approach_yaw_error)).path(0)

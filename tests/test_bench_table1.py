@@ -72,7 +72,10 @@ def test_table1_tiny_run(tmp_path, ros_env):
     steady = Dataset(next((tmp_path / "w").glob("seed_demo_*")))
     assert len(noisy) == 2 and len(steady) == 1 and "an3mm" not in steady.root.name
     from twinrl_bringup.dataset import load_episode
-    first, seed = load_episode(noisy.path(0), images=False), load_episode(steady.path(0), images=False)
+    # the first real demo: the lowest seed (two demos recorded in one second sort at random)
+    first = min((load_episode(noisy.path(i), images=False) for i in range(len(noisy))),
+                key=lambda e: e.initial_configuration["seed"])
+    seed = load_episode(steady.path(0), images=False)
     assert first.extra["action_noise"] == 0.003 and seed.extra["action_noise"] == 0.0
     assert first.initial_configuration == seed.initial_configuration
     twin_demos = Dataset(next((tmp_path / "w").glob("twin_demos_*_an3mm_tn2mm")))
@@ -89,3 +92,24 @@ def test_table1_rejects_a_bad_mix_or_seed_count(ros_env):
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "table1.py"), "--task", "pick_and_place",
                         "--seeds", "0"], env=ros_env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "--seeds must be >= 1, got 0" in r.stderr
+
+
+def test_first_demo_is_the_lowest_seed_whatever_the_file_order(tmp_path):
+    """bench/common.first_demo: the episode recorded from the lowest seed, not the first file
+    (ids of episodes written in one second sort by their random suffix)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from common import first_demo
+    from test_dataset import make_episode
+
+    from twinrl_bringup.dataset import DatasetWriter, load_episode
+
+    writer = DatasetWriter(tmp_path / "d")
+    for seed in (10_004, 10_002, 10_007):
+        ep = make_episode(images=False, seed=seed)
+        ep.episode_id = f"pick_and_place-20261122T000000-{seed % 7:08x}"   # one second, suffix order
+        writer.write_episode(ep)
+    path, seed = first_demo(tmp_path / "d")
+    assert seed == 10_002 and load_episode(path, images=False).initial_configuration["seed"] == 10_002
+    with pytest.raises(RuntimeError, match="no episodes"):
+        (tmp_path / "e").mkdir()
+        first_demo(tmp_path / "e")
