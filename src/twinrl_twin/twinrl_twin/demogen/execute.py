@@ -9,7 +9,6 @@ a :class:`~.path.Candidate` or a :class:`~.path.Rejection`.
 """
 from __future__ import annotations
 
-import math
 import time
 from typing import Callable, Optional
 
@@ -63,15 +62,12 @@ def offset_approach(path: EEPath, error: float, rng: np.random.Generator) -> tup
     envelope allows). Returns ``(path, e)``; the path is unchanged (and ``e`` zero) for
     ``error`` 0 or an approach shorter than two steps. As the sim expert's ``approach_error``:
     the episode then holds the way back from where a policy's own localisation error leaves it."""
-    e = np.zeros(3)
-    if error <= 0:
-        return path, e
-    marks = dict(path.segments)
-    a = int(marks.get("approach", 0))
-    if a < 2:
-        return path, e
-    r, phi = error * math.sqrt(rng.uniform()), rng.uniform(0.0, 2.0 * math.pi)
-    e[:2] = r * math.cos(phi), r * math.sin(phi)
+    from ..sim.expert import disc_offset
+
+    a = int(dict(path.segments).get("approach", 0))
+    if error <= 0 or a < 2:
+        return path, np.zeros(3)
+    e = disc_offset(error, rng)
     P = path.positions.copy()
     P[1:a] += (np.arange(1, a) / (a - 1))[:, None] * e
     P2, Q2, G2, index = retime(P, path.quaternions, path.gripper)

@@ -37,6 +37,14 @@ from .tasks import EraseWhiteboard, nearest_equivalent
 DOWN = tf.Rotation.from_euler("x", math.pi)
 
 
+def disc_offset(radius: float, rng: np.random.Generator) -> np.ndarray:
+    """A horizontal offset (x, y, 0) uniform in a disc of ``radius`` (m): where a hand that
+    aims by eye arrives around its mark (the approach error here and in demogen)."""
+    r = radius * math.sqrt(rng.uniform())
+    phi = rng.uniform(-math.pi, math.pi)
+    return np.array([r * math.cos(phi), r * math.sin(phi), 0.0])
+
+
 def tcp_quat(yaw: float) -> np.ndarray:
     """TCP pointing down, rotated by ``yaw`` about the base z axis (x, y, z, w)."""
     return tf.normalize_quat((tf.Rotation.from_euler("z", yaw) * DOWN).as_quat())
@@ -66,9 +74,7 @@ class ScriptedExpert:
         self.approach_offset = np.zeros(3)
         self.approach_yaw = 0.0
         if self.approach_error > 0 or self.approach_yaw_error > 0:
-            r = self.approach_error * math.sqrt(self.rng.uniform())
-            phi = self.rng.uniform(-math.pi, math.pi)
-            self.approach_offset = np.array([r * math.cos(phi), r * math.sin(phi), 0.0])
+            self.approach_offset = disc_offset(self.approach_error, self.rng)
             self.approach_yaw = float(self.rng.uniform(-1.0, 1.0) * self.approach_yaw_error)
         self.phase = "above"
         self.phase_steps = 0
