@@ -67,15 +67,16 @@ class OffloadExecutor(SingleThreadedExecutor):
             handler, entity, _node = self.wait_for_ready_callbacks(timeout_sec=timeout_sec)
         except (ShutdownException, TimeoutException, ConditionReachedException):
             return
+        group = getattr(entity, "callback_group", None)
         with self._lock:
-            slow_task = handler in self._slow_tasks
-        if slow_task or self.offloads(getattr(entity, "callback_group", None)):
-            with self._lock:
-                # A handed-over task that has not started yet is offered again by the wait:
-                # it belongs to its worker, never to this thread.
-                if handler in self._handed:
-                    return
+            offloaded = handler in self._slow_tasks or self.offloads(group)
+            # A handed-over task that has not started yet is offered again by the wait: it
+            # belongs to its worker, never to this thread.
+            if offloaded and handler in self._handed:
+                return
+            if offloaded:
                 self._handed.add(handler)
+        if offloaded:
             self._pool.submit(self._run_offloaded, handler)
             return
         handler()
