@@ -47,8 +47,9 @@ def publish(rate: float, seconds: float) -> None:
 
     rclpy.init()
     node = rclpy.create_node("executor_load_pub")
-    js_t, pose_t, wr_t = _types()
-    pubs = [node.create_publisher(t, name, 10) for t, name in zip(_types(), TOPICS)]
+    types = _types()
+    js_t, pose_t, wr_t = types
+    pubs = [node.create_publisher(t, name, 10) for t, name in zip(types, TOPICS)]
     msgs = [js_t(name=[f"fr3_joint{i}" for i in range(1, 8)], position=[0.0] * 7, velocity=[0.0] * 7),
             pose_t(), wr_t()]
     period, t_next = 1.0 / rate, time.monotonic()
