@@ -81,6 +81,8 @@ def training_status(ckpt: Path, model_cfg, sft_cfg) -> str:
     """"finished" when ``ckpt`` was trained to the end with these model and SFT configs (its
     training state holds the SFT config and the step), "unfinished" when such a training was
     interrupted (it resumes), "other" when it is another training or unreadable."""
+    import pickle
+
     import torch
 
     from twinrl_bringup.config import to_dict
@@ -94,7 +96,8 @@ def training_status(ckpt: Path, model_cfg, sft_cfg) -> str:
         if state.get("sft_config") != to_dict(sft_cfg):
             return "other"
         return "finished" if int(state.get("step", 0)) >= sft_cfg.steps else "unfinished"
-    except (CheckpointError, OSError, RuntimeError, AttributeError, EOFError, TypeError, ValueError):
+    except (CheckpointError, OSError, RuntimeError, AttributeError, EOFError, TypeError, ValueError,
+            pickle.UnpicklingError):
         return "other"
 
 
@@ -230,8 +233,9 @@ def main() -> int:
         import hashlib
 
         ckpt_tag += "_" + hashlib.sha1("\n".join(sorted(args.set)).encode()).hexdigest()[:8]
-    if args.alpha is not None:
+    if args.alpha is not None:              # its own checkpoints: the default alpha's are kept, not retrained
         sft_over.append(f"alpha={args.alpha}")
+        ckpt_tag += f"_alpha{args.alpha:g}"
     pair_dirs = []
     if load_sft_config(None, sft_over).align_weight > 0 and (n_id or n_ood):
         # the real demos replayed in the twin: pairs for the feature-alignment loss (twin mixes only)

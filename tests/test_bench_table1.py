@@ -56,9 +56,19 @@ def test_table1_tiny_run(tmp_path, ros_env):
     assert r3.returncode == 0, r3.stdout[-3000:] + r3.stderr[-3000:]
     assert "SFT pick_and_place" in r3.stderr and "paired feature alignment" not in r3.stderr
     assert len(list((tmp_path / "w").glob("sft_2_1_*_s0.ckpt"))) == 2
-    # another SFT setting under the same checkpoint name is trained again, not reused
-    r4 = subprocess.run(cmd[:cmd.index("--mixes")] + ["--mixes", "2/1", "--seeds", "1", "--alpha", "0.3"]
-                        + cmd[cmd.index("--steps"):], env=ros_env, capture_output=True, text=True, timeout=600)
+    # another alpha trains checkpoints of its own and keeps the default alpha's
+    default_ckpt = next((tmp_path / "w").glob("sft_2_1_*_5_s0.ckpt"))
+    before = default_ckpt.read_bytes()
+    cmd4 = cmd[:cmd.index("--mixes")] + ["--mixes", "2/1", "--seeds", "1", "--alpha", "0.3"] + cmd[cmd.index("--steps"):]
+    r4 = subprocess.run(cmd4, env=ros_env, capture_output=True, text=True, timeout=600)
+    assert r4.returncode == 0, r4.stderr[-3000:]
+    assert "SFT pick_and_place" in r4.stderr and "trained with another" not in r4.stderr
+    alpha_ckpt = next((tmp_path / "w").glob("sft_2_1_*_alpha0.3_5_s0.ckpt"))
+    assert default_ckpt.read_bytes() == before
+    # a checkpoint whose training state does not match (here: unreadable) is trained again, not reused
+    from twinrl_policy.sft import state_path
+    state_path(alpha_ckpt).write_bytes(b"not a training state")
+    r4 = subprocess.run(cmd4, env=ros_env, capture_output=True, text=True, timeout=600)
     assert r4.returncode == 0, r4.stderr[-3000:]
     assert "trained with another model or SFT config" in r4.stderr and "SFT pick_and_place" in r4.stderr
     # real demos with a jittering expert (--action-noise): stage I starts from a steady demo of
