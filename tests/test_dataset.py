@@ -135,6 +135,10 @@ def test_low_dim_episode_without_images(tmp_path):
      "observations\\['third_person'\\]: expected shape"),
     (lambda e: e.observations.__setitem__("proprio", e.observations["proprio"][:-1]),
      "observations\\['proprio'\\]: expected 6 entries"),
+    (lambda e: e.observations.__setitem__("command", np.zeros((6, 6), np.float32)),
+     "observations\\['command'\\]: expected shape \\(N, 7\\)"),
+    (lambda e: e.observations.__setitem__("command", np.full((6, 7), np.inf, np.float32)),
+     "observations\\['command'\\]: non-finite value inf"),
     (lambda e: setattr(e, "rewards", e.rewards[:2]), "rewards: expected 5 entries"),
     (lambda e: e.actions.__setitem__((0, 6), 3.0), "gripper command 3.0 at step 0"),
     (lambda e: e.source.__setitem__(4, 9), "source: unknown source id 9 at step 4"),
@@ -263,3 +267,49 @@ def test_crash_mid_write_leaves_only_complete_episodes(tmp_path):
     DatasetWriter(out).write_episode(make_episode(T=2, seed=5))
     assert list(out.glob(".*.tmp")) == []
     assert sorted(e["length"] for e in Dataset(out).entries) == [2, 3]
+
+
+def test_recorded_commands_round_trip_and_win_over_the_rebuild(tmp_path):
+    """Episodes keep the commanded target of every step (observations["command"]); training
+    reads those, not the path rebuilt from the actions, which is wrong once the robot side moved
+    its target itself (a force stop holds at the measured pose)."""
+    from twinrl_bringup.transforms import quat_from_euler, quat_multiply
+
+    rng = np.random.default_rng(3)
+    T = 6
+    ep = make_episode(T=T, images=False)
+    ep.actions[:, :6] *= 0.01
+    ep.observations["proprio"][:, 17:21] = [quat_multiply(quat_from_euler("xyz", rng.normal(0, 0.2, 3)),
+                                                          [1.0, 0, 0, 0]) for _ in range(T + 1)]
+    rebuilt = dsm.episode_commands(ep.observations["proprio"], ep.actions)
+    held = rebuilt.copy()
+    held[3:, :3] = 0.0                               # a hold at step 3: target = measured TCP
+    ep.observations["command"] = held
+    back = load_episode(DatasetWriter(tmp_path).write_episode(ep), images=False)
+    cmd, recorded = dsm.commands_of(back)
+    assert recorded and cmd.dtype == np.float32
+    np.testing.assert_array_equal(cmd, held)
+    assert np.abs(cmd - rebuilt).max() > 1e-3
+    del back.observations["command"]
+    cmd, recorded = dsm.commands_of(back)
+    assert not recorded
+    np.testing.assert_allclose(cmd, rebuilt, atol=1e-6)
+    # the target poses the commands stand for: command_vector's inverse
+    P, Q = dsm.command_targets(ep.observations["proprio"], held)
+    for k in range(T + 1):
+        pr = ep.observations["proprio"][k]
+        np.testing.assert_allclose(dsm.command_vector(pr[14:17], pr[17:21], P[k], Q[k], held[k, 6]), held[k],
+                                   atol=1e-5)
+    with pytest.raises(ValueError, match=r"ep-7: observations\['command'\]: expected \(7, 7\)"):
+        dsm.recorded_commands({"command": held[:-1]}, T, "ep-7")
+
+
+def test_observation_arrays_stack_what_every_observation_has():
+    obs = [{"proprio": np.full(22, k, np.float32), "command": np.full(7, k, np.float64),
+            "wrist": np.zeros((4, 4, 3), np.uint8)} for k in range(3)]
+    out = dsm.observation_arrays(obs)
+    assert set(out) == {"proprio", "command", "wrist"}
+    assert out["command"].dtype == np.float32 and out["command"].shape == (3, 7) and out["command"][2, 0] == 2
+    assert set(dsm.observation_arrays(obs, images=False)) == {"proprio", "command"}
+    del obs[1]["command"]
+    assert set(dsm.observation_arrays(obs)) == {"proprio", "wrist"}

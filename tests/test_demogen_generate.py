@@ -255,3 +255,35 @@ def test_approach_error_aims_the_twin_demos_off_and_back(seeds, tiny_twins, tmp_
     np.testing.assert_allclose(ca[ka:ka + n], cp[k:], atol=1e-5)
     with pytest.raises(ValueError, match="approach_error"):
         load_demogen_config(overrides=["approach_error=0.2"]).validate()
+
+
+def test_pair_replay_follows_the_recorded_targets_through_force_stops(tiny_twins, tmp_path):
+    """An erase demo whose wipe had force stops (the sim held the arm at its measured pose):
+    replayed in the twin by its actions alone, the twin's arm runs off (the twin has no force
+    stop); steered to the recorded targets it stays with the real arm, so the pair's images
+    show the same moment."""
+    from twinrl_twin.demogen.replay import pair_demos, replay_actions
+    from twinrl_twin.sim import make_env
+    from twinrl_twin.sim.record import record_episode
+    from twinrl_twin.twin_env import make_twin_env
+
+    env = make_env("erase_whiteboard", render=False)
+    try:
+        ep = record_episode(env, 1000, "id", images=False, post_success_steps=5, action_noise=0.003)
+        assert env._force_stops > 0
+    finally:
+        env.close()
+    ds.DatasetWriter(tmp_path / "real").write_episode(ep)
+    twin = tiny_twins("erase_whiteboard")
+    s = pair_demos(twin, tmp_path / "real", tmp_path / "pairs", camera_overrides=SMALL, progress=False)
+    paired = ds.load_episode(s["pairs"][0]["twin"], images=False)
+    n = ep.length + 1
+    gap = np.linalg.norm(ep.observations["proprio"][:n, 14:17] - paired.observations["proprio"][:n, 14:17], axis=1)
+    assert gap.max() < 0.02, gap.max()
+    tenv = make_twin_env(twin, render=False)
+    try:
+        res = replay_actions(tenv, ep.initial_configuration, ep.actions, 0, record=True)
+    finally:
+        tenv.close()
+    by_actions = np.stack([o["proprio"][14:17] for o in res["observations"]])
+    assert np.linalg.norm(ep.observations["proprio"][:n, 14:17] - by_actions[:n], axis=1).max() > 0.03

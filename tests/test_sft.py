@@ -279,6 +279,23 @@ def test_pools_carry_the_commanded_target_rebuilt_from_each_episode(data):
                                              "object_pose", "object_valid"}
 
 
+def test_pools_take_the_recorded_commands_where_episodes_have_them(data, tmp_path):
+    from twinrl_bringup.dataset import Dataset, DatasetWriter, episode_commands
+
+    src = Dataset(data[0])
+    ep = src.load(0)
+    rebuilt = episode_commands(ep.observations["proprio"], ep.actions)
+    ep.observations["command"] = rebuilt + np.float32(0.25)    # not what the actions say
+    writer = DatasetWriter(tmp_path / "mixed")
+    writer.write_episode(ep)
+    writer.write_episode(src.load(1))                           # no recorded commands
+    real, _, info = load_demo_pools([tmp_path / "mixed"], TASK, tiny_model_config(), progress=False)
+    assert info["commands_rebuilt"] == 1
+    first = Dataset(tmp_path / "mixed").entries[0]["episode_id"] == ep.episode_id
+    rows = slice(0, ep.length) if first else slice(len(real) - ep.length, len(real))
+    np.testing.assert_allclose(real.command[rows], ep.observations["command"][:ep.length], atol=1e-6)
+
+
 def _bar_pool(n: int, seed: int) -> DemoPool:
     """Images with a bar whose centre and heading are the object's (x, y, yaw); the first half
     of the samples are labelled (before the grasp), the rest not."""

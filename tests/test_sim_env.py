@@ -171,6 +171,33 @@ def test_command_observation_matches_the_commanded_path_rebuilt_from_actions(env
         episode_commands(np.array(P)[:-1], np.array(A))
 
 
+def test_recorded_episodes_keep_the_commands_a_force_stop_moved():
+    """The wipe presses the eraser onto the board; a force stop holds the arm where it is (the
+    target jumps to the measured pose), so the path rebuilt from the actions runs away from the
+    real target for the rest of the episode. Recorded episodes keep the env's commands."""
+    from twinrl_bringup.dataset import commands_of, episode_commands
+    from twinrl_twin.sim import make_env
+    from twinrl_twin.sim.record import record_episode
+
+    env = make_env("erase_whiteboard", render=False)
+    try:
+        ep = record_episode(env, 1000, "id", images=False, post_success_steps=5, action_noise=0.003)
+        assert env._force_stops > 0 and ep.is_success
+        cmd, recorded = commands_of(ep)
+        assert recorded
+        # the env's own commands: replaying the actions gives the same observations
+        obs, _ = env.reset(options={"configuration": ep.initial_configuration})
+        want = [obs["command"]]
+        for a in ep.actions:
+            obs, *_ = env.step(a)
+            want.append(obs["command"])
+        np.testing.assert_allclose(cmd, np.array(want), atol=1e-6)
+        rebuilt = episode_commands(ep.observations["proprio"], ep.actions)
+        assert np.linalg.norm(rebuilt[:, :3] - cmd[:, :3], axis=1).max() > 0.01
+    finally:
+        env.close()
+
+
 def test_record_post_success_steps_keep_the_release_and_retreat():
     """`twinrl sim record --post-success-steps K`: the expert goes on K steps after the first
     success (gripper open, then rising); the episode terminates at its last step only."""

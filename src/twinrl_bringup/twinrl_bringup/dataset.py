@@ -70,6 +70,7 @@ class DatasetError(ValueError):
 # state is followed by "wait" (target already ahead) in one demo and "move" in another.
 COMMAND_LAYOUT = ["target_dx", "target_dy", "target_dz", "target_rx", "target_ry", "target_rz", "gripper_command"]
 COMMAND_DIM = len(COMMAND_LAYOUT)
+COMMAND_KEY = "command"      # episodes store the commanded target per step under this observation key
 
 
 def command_vector(tcp_position, tcp_quaternion, target_position, target_quaternion,
@@ -103,6 +104,56 @@ def episode_commands(proprio, actions, initial_gripper: float = -1.0, where: str
     grip = np.concatenate([[float(initial_gripper)], np.clip(actions[:, 6], -1.0, 1.0)])
     return np.stack([command_vector(proprio[k, 14:17], proprio[k, 17:21], P[k], Q[k], grip[k])
                      for k in range(T + 1)])
+
+
+def observation_arrays(observations: list, images: bool = True) -> dict:
+    """An episode's ``observations`` dict from its T+1 env observations (dicts): ``proprio``,
+    ``command`` (the commanded target, when every observation has it) and, with ``images``,
+    the camera images every observation has."""
+    out = {"proprio": np.stack([np.asarray(o["proprio"], np.float32) for o in observations])}
+    keys = (COMMAND_KEY, *IMAGE_KEYS) if images else (COMMAND_KEY,)
+    for key in keys:
+        if all(key in o for o in observations):
+            arr = np.stack([np.asarray(o[key]) for o in observations])
+            out[key] = arr.astype(np.float32) if key == COMMAND_KEY else arr
+    return out
+
+
+def recorded_commands(observations, T: int, where: str = "episode") -> Optional[np.ndarray]:
+    """The episode's recorded command vectors (T+1, 7) (``observations["command"]``, what the
+    robot side's target really was at each step), or None when it was recorded without them."""
+    if not isinstance(observations, dict) or observations.get(COMMAND_KEY) is None:
+        return None
+    c = np.asarray(observations[COMMAND_KEY])
+    if c.shape != (T + 1, COMMAND_DIM) or not np.issubdtype(c.dtype, np.number):
+        raise ValueError(f"{where}: observations['command']: expected ({T + 1}, {COMMAND_DIM}) numbers, "
+                         f"got {c.shape} {c.dtype}")
+    if not np.all(np.isfinite(c)):
+        raise ValueError(f"{where}: observations['command']: non-finite values")
+    return c.astype(np.float32)
+
+
+def commands_of(ep: "EpisodeData", where: str = "episode", envelope=None) -> tuple[np.ndarray, bool]:
+    """(T+1, 7) command vectors of ``ep`` and whether they were recorded: the recorded ones
+    when the episode has them, else rebuilt from its actions (:func:`episode_commands`), which
+    is right only while the robot side applied every action to its previous target (a force
+    stop, a watchdog hold or an operator's hold moves the target to the measured pose)."""
+    rec = recorded_commands(ep.observations, len(ep.actions), where)
+    if rec is not None:
+        return rec, True
+    return episode_commands(ep.observations["proprio"], ep.actions, where=where, envelope=envelope), False
+
+
+def command_targets(proprio, commands) -> tuple[np.ndarray, np.ndarray]:
+    """The commanded target poses (positions (N, 3), quaternions (N, 4) xyzw) from the measured
+    TCP poses of ``proprio`` (N, 22) and ``commands`` (N, 7): the inverse of :func:`command_vector`."""
+    from twinrl_bringup.transforms import normalize_quat, quat_multiply, rotvec_to_quat
+
+    proprio = np.asarray(proprio, dtype=np.float64)
+    commands = np.asarray(commands, dtype=np.float64)
+    P = proprio[:, 14:17] + commands[:, :3]
+    Q = np.stack([normalize_quat(quat_multiply(rotvec_to_quat(c[3:6]), q)) for c, q in zip(commands, proprio[:, 17:21])])
+    return P, Q
 
 
 def proprio_vector(joint_positions, joint_velocities, tcp_position, tcp_quaternion,
@@ -259,6 +310,8 @@ def _validated_arrays(ep: EpisodeData) -> tuple[dict[str, np.ndarray], int]:
             raise ValueError(f"observations: bad key {key!r}")
         if key == "proprio":
             out["obs.proprio"] = _as("observations['proprio']", value, np.float32, (PROPRIO_DIM,), T + 1)
+        elif key == COMMAND_KEY:
+            out["obs.command"] = _as("observations['command']", value, np.float32, (COMMAND_DIM,), T + 1)
         elif key in IMAGE_KEYS:
             out[f"obs.{key}"] = _as(f"observations[{key!r}]", value, np.uint8, (None, None, 3), T + 1)
         else:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from twinrl_bringup.dataset import COMMAND_DIM, IMAGE_KEYS, Dataset, DatasetError, episode_commands
+from twinrl_bringup.dataset import COMMAND_DIM, IMAGE_KEYS, Dataset, DatasetError, commands_of
 from twinrl_bringup.safety import SafetyEnvelope, load_safety_config
 
 from .config import ModelConfig
@@ -122,7 +122,7 @@ def load_demo_pools(dirs: Sequence, task: str, cfg: ModelConfig, real_sources=("
             "steps")
     parts = {"real": {k: [] for k in keys}, "twin": {k: [] for k in keys}}
     ids = {"real": [], "twin": []}
-    info = {"ignored_episodes": 0, "skipped_files": [], "idle_steps_skipped": 0}
+    info = {"ignored_episodes": 0, "skipped_files": [], "idle_steps_skipped": 0, "commands_rebuilt": 0}
     selected = []
     for d in dirs:
         if not Path(d).is_dir():
@@ -136,7 +136,7 @@ def load_demo_pools(dirs: Sequence, task: str, cfg: ModelConfig, real_sources=("
                 info["ignored_episodes"] += 1
                 continue
             selected.append((ds, i, pool))
-    envelope = SafetyEnvelope(load_safety_config())     # replays the actions into commanded targets
+    envelope = SafetyEnvelope(load_safety_config())     # rebuilds the commanded targets of older episodes
     for ds, i, pool in tqdm(selected, desc="loading demos", unit="ep", disable=not progress, leave=False):
         path = ds.path(i)
         ep = ds.load(i)
@@ -147,8 +147,12 @@ def load_demo_pools(dirs: Sequence, task: str, cfg: ModelConfig, real_sources=("
         for key in ("third_person", "wrist", "proprio"):
             parts[pool][key].append(np.asarray(ep.observations[key][:T])[keep])
         parts[pool]["action"].append(np.asarray(ep.actions, np.float32)[keep])
-        # the commanded target at each step, rebuilt from the start pose and the actions
-        commands = episode_commands(ep.observations["proprio"], ep.actions, where=str(path), envelope=envelope)
+        # the commanded target at each step: recorded, or (older episodes) rebuilt from the actions
+        try:
+            commands, recorded = commands_of(ep, where=str(path), envelope=envelope)
+        except ValueError as exc:
+            raise DatasetError(path, str(exc).removeprefix(f"{path}: ")) from exc
+        info["commands_rebuilt"] += int(not recorded)
         parts[pool]["command"].append(commands[:T][keep])
         obj, valid = object_labels(ep.initial_configuration, ep.actions)
         parts[pool]["object_pose"].append(obj[keep])

@@ -164,6 +164,9 @@ class SFTTrainer:
                                                skip_idle=sft_cfg.skip_idle_steps)
             for path, reason in info["skipped_files"]:
                 log(f"skipped {path}: {reason}")
+            if info["commands_rebuilt"]:
+                log(f"{info['commands_rebuilt']} episodes have no recorded commanded targets: rebuilt from their "
+                    "actions (wrong after a force stop or hold moved the target; record them again to fix)")
             if info["idle_steps_skipped"]:
                 log(f"left out {info['idle_steps_skipped']} idle steps (waits without motion; sft.skip_idle_steps)")
         else:

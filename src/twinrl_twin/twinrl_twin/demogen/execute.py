@@ -25,14 +25,6 @@ METHODS = ("affine", "plan")
 OBJECT_TOLERANCE = 0.001        # m: the applied object pose must match the requested one
 
 
-def _obs_arrays(observations: list) -> dict:
-    out = {"proprio": np.stack([np.asarray(o["proprio"], np.float32) for o in observations])}
-    for name in ds.IMAGE_KEYS:
-        if name in observations[0]:
-            out[name] = np.stack([o[name] for o in observations])
-    return out
-
-
 def jitter_actions(actions: np.ndarray, noise: float, rng: np.random.Generator,
                    press_limit: Optional[float] = None) -> np.ndarray:
     """The path's delta actions with a jittering hand: step k's commanded target lands off the
@@ -152,7 +144,7 @@ def execute_path(env, path: EEPath, configuration: dict, collision_check: Option
     terms = [False] * (T - 1) + [True]
     truncs = [False] * T
     return ds.EpisodeData(
-        task=env.task, observations=_obs_arrays(observations), actions=np.asarray(actions, np.float32),
+        task=env.task, observations=ds.observation_arrays(observations), actions=np.asarray(actions, np.float32),
         rewards=np.asarray(rewards, np.float32), terminated=np.asarray(terms, bool),
         truncated=np.asarray(truncs, bool), success=np.asarray(succs, bool),
         source=np.full(T, ds.SOURCE_TWIN, np.uint8), intervention=np.zeros(T, bool),

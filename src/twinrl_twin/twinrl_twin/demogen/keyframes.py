@@ -33,6 +33,7 @@ from typing import Optional
 import numpy as np
 
 from twinrl_bringup import transforms as tf
+from twinrl_bringup.dataset import command_targets, recorded_commands
 from twinrl_bringup.safety import commanded_path
 
 from .path import REJECT_UNREACHABLE, CandidateRejected, Keyframe
@@ -113,7 +114,15 @@ def load_seed_demo(path_or_episode) -> SeedDemo:
     for k in range(1, len(quats)):               # continuous sign, for clean slerps
         if np.dot(quats[k], quats[k - 1]) < 0:
             quats[k] = -quats[k]
-    positions, quats = commanded_path(proprio[0, 14:17], quats[0], np.asarray(ep.actions, dtype=float), where=where)
+    recorded = recorded_commands(ep.observations, T, where)
+    if recorded is not None:        # the targets the robot side really had (force stops included)
+        positions, quats = command_targets(proprio, recorded)
+        for k in range(1, len(quats)):
+            if np.dot(quats[k], quats[k - 1]) < 0:
+                quats[k] = -quats[k]
+    else:
+        positions, quats = commanded_path(proprio[0, 14:17], quats[0], np.asarray(ep.actions, dtype=float),
+                                          where=where)
     return SeedDemo(task=ep.task, positions=positions, quaternions=quats, gripper=gripper,
                     object_pose=poses["object_pose"], target_pose=poses["target_pose"], episode_id=str(eid),
                     configuration=dict(cfg))

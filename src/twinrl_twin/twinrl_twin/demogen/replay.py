@@ -10,6 +10,10 @@
 
 Open-loop: the recorded actions are applied one by one with no feedback, then up to
 ``settle_steps`` no-op steps (zero motion, the last gripper command) while the world decides.
+A pair replay of an episode that recorded its commanded targets steers the twin to those
+targets instead (each step's action is the move from the twin's target to the recorded one):
+where the real robot side moved its target itself (a force stop holds at the measured pose),
+replaying the actions alone would leave the twin's arm elsewhere for the rest of the episode.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from typing import Optional
 import numpy as np
 
 from twinrl_bringup import dataset as ds
+from twinrl_bringup import transforms as tf
 
 _ENVS: dict = {}
 
@@ -43,13 +48,20 @@ def _episode_paths(source) -> list[Path]:
 
 
 def replay_actions(env, configuration: dict, actions: np.ndarray, settle_steps: int = 10,
-                   record: bool = False, in_hand_xy=None) -> dict:
+                   record: bool = False, in_hand_xy=None, targets=None) -> dict:
     """Reset ``env`` to ``configuration`` and apply ``actions`` open-loop. Returns success, the
     step of the first success (or -1), and with ``record`` the observations/rewards/flags.
-    ``in_hand_xy``: the twin's reset option of that name (None: not passed)."""
+    ``in_hand_xy``: the twin's reset option of that name (None: not passed). ``targets``:
+    (positions (T+1, 3), quaternions (T+1, 4)) commanded targets to steer to instead of the
+    actions' motion (their gripper commands are kept)."""
     actions = np.asarray(actions, dtype=float).reshape(-1, 7)
     if not np.all(np.isfinite(actions)):
         raise ValueError("replay: the episode's actions contain non-finite values")
+    if targets is not None:
+        P, Q = (np.asarray(x, dtype=float) for x in targets)
+        if P.shape != (len(actions) + 1, 3) or Q.shape != (len(actions) + 1, 4):
+            raise ValueError(f"replay: targets: expected ({len(actions) + 1}, 3) and ({len(actions) + 1}, 4), "
+                             f"got {P.shape} and {Q.shape}")
     options = {"configuration": configuration}
     if in_hand_xy is not None:
         options["in_hand_xy"] = in_hand_xy          # checked by the twin
@@ -60,6 +72,9 @@ def replay_actions(env, configuration: dict, actions: np.ndarray, settle_steps: 
     noop[6] = actions[-1, 6] if len(actions) else -1.0
     for k in range(len(actions) + settle_steps):
         a = actions[k] if k < len(actions) else noop
+        if targets is not None and k < len(actions):
+            p, q = env.target_pose
+            a = np.concatenate([P[k + 1] - p, tf.rotation_between(q, Q[k + 1]), [actions[k, 6]]])
         obs, reward, terminated, truncated, info = env.step(a)
         ok = bool(info.get("success", False))
         if record:
@@ -172,12 +187,12 @@ def pair_demos(twin, demos, out, settle_steps: int = 0, camera_overrides: Option
             real = ds.load_episode(p, images=False)
             if real.task != env.task:
                 raise ValueError(f"{p}: a {real.task!r} episode, the twin is for {env.task!r}")
+            commands = ds.recorded_commands(real.observations, real.length, str(p))
+            targets = None if commands is None else ds.command_targets(real.observations["proprio"], commands)
             res = replay_actions(env, real.initial_configuration, real.actions, settle_steps, record=True,
-                                 in_hand_xy=_demo_in_hand_xy(real, env.task_obj))
+                                 in_hand_xy=_demo_in_hand_xy(real, env.task_obj), targets=targets)
             T = len(res["rewards"])
-            obs = {k: np.stack([o[k] for o in res["observations"]]) for k in ("proprio", *ds.IMAGE_KEYS)
-                   if k in res["observations"][0]}
-            obs["proprio"] = obs["proprio"].astype(np.float32)
+            obs = ds.observation_arrays(res["observations"])
             actions = np.asarray(real.actions[:T], dtype=np.float32)
             if T > len(real.actions):          # settle steps
                 pad = np.zeros((T - len(real.actions), 7), np.float32)

@@ -63,11 +63,7 @@ def record_episode(env, seed: int, region: str, cell=None, max_steps: Optional[i
         if terminated or truncated:
             break
     T = len(actions)
-    obs_arrays = {"proprio": np.stack([o["proprio"] for o in observations]).astype(np.float32)}
-    if images:
-        for name in ("third_person", "wrist"):
-            if name in observations[0]:
-                obs_arrays[name] = np.stack([o[name] for o in observations])
+    obs_arrays = ds.observation_arrays(observations, images=images)
     return ds.EpisodeData(
         task=env.task, observations=obs_arrays, actions=np.asarray(actions, np.float32),
         rewards=np.asarray(rewards, np.float32), terminated=np.asarray(terms, bool),
