@@ -35,6 +35,8 @@ class FakeWorld:
         self.images = images
         self.sample_service = None
         self.feedbacks = []
+        self.no_command = False
+        self.gripper_command = -1.0
 
     # EpisodePorts ---------------------------------------------------------------------------
     def now(self):
@@ -61,7 +63,8 @@ class FakeWorld:
         if self.images:
             images = {"third_person": np.full((8, 8, 3), self.steps % 255, np.uint8),
                       "wrist": np.full((4, 4, 3), 7, np.uint8)}
-        return StepObservation(self.t, proprio, images)
+        command = np.array([0.0, 0.0, -0.01 * self.steps, 0.0, 0.0, 0.0, self.gripper_command], np.float32)
+        return StepObservation(self.t, proprio, images, None if self.no_command else command)
 
     def wait_observation(self, newer_than, timeout):
         if self.stall_after is not None and self.steps >= self.stall_after:
@@ -150,6 +153,15 @@ def test_expert_episode_succeeds_and_is_recorded(tmp_path):
     assert (ep.source == ds.SOURCE_DEMO).all()
     np.testing.assert_allclose(ep.actions, np.stack([p.action for p in world.published]), atol=1e-6)
     assert ep.initial_configuration["cell_col"] == 2 and ep.region == "id"
+    # each step's commanded target as the robot side reported it
+    cmd = ep.observations["command"]
+    assert cmd.shape == (out.length + 1, 7) and cmd[-1, 2] == pytest.approx(-0.01 * world.steps)
+    assert len(set(cmd[:, 2].tolist())) > 2
+    # a world that reports no commanded target: the episode is recorded without them
+    world = FakeWorld()
+    world.no_command = True
+    runner(tmp_path / "b").run(Goal(configuration=dict(CONFIG), controller="expert", record=True), world)
+    assert "command" not in ds.Dataset(tmp_path / "b" / "data")[0].observations
 
 
 class FastSensorWorld(FakeWorld):
@@ -224,7 +236,7 @@ def test_policy_without_actions_records_noops(tmp_path):
     ep = out.episode
     assert out.length == 3 and ep.extra["missing_actions"] == 3
     np.testing.assert_array_equal(ep.actions, np.tile([0, 0, 0, 0, 0, 0, -1.0], (3, 1)))
-    assert set(ds.Dataset(tmp_path / "data")[0].observations) == {"proprio"}
+    assert set(ds.Dataset(tmp_path / "data")[0].observations) == {"proprio", "command"}
 
 
 def test_cancel_holds_and_truncates(tmp_path):

@@ -35,6 +35,9 @@ def make_expert(task):
     return ReachExpert()
 
 
+TARGET_LEAD = np.array([0.0, 0.0, 0.05])
+
+
 class FakeBridge:
     """Reset/set_mode services, joint states, TCP pose, images, task status and object pose at
     20 Hz; the TCP moves by each received action (a human one wins within a tick)."""
@@ -42,7 +45,7 @@ class FakeBridge:
     def __init__(self, node, rate=20.0, refuse_reset=False):
         from geometry_msgs.msg import PoseStamped
         from sensor_msgs.msg import Image, JointState
-        from twinrl_msgs.msg import Action, TaskStatus
+        from twinrl_msgs.msg import Action, CommandedTarget, TaskStatus
         from twinrl_msgs.srv import ResetEpisode, SetControlMode
 
         self.node = node
@@ -61,7 +64,9 @@ class FakeBridge:
             "wr": node.create_publisher(Image, "/twinrl/camera/wrist/image_raw", 5),
             "st": node.create_publisher(TaskStatus, "/twinrl/task_status", 10),
             "obj": node.create_publisher(PoseStamped, "/twinrl/sim/object_pose", 10),
+            "target": node.create_publisher(CommandedTarget, "/twinrl/fr3_bridge/commanded_target", 10),
         }
+        self.CommandedTarget = CommandedTarget
         self.msgs = (PoseStamped, Image, JointState, TaskStatus)
         node.create_subscription(Action, "/twinrl/action", self.on_action, 10)
         node.create_service(ResetEpisode, "/twinrl/fr3_bridge/reset", self.on_reset)
@@ -121,6 +126,10 @@ class FakeBridge:
             ps.pose.orientation.x = 1.0 if key == "tcp" else 0.0
             ps.pose.orientation.w = 0.0 if key == "tcp" else 1.0
             self.pubs[key].publish(ps)
+        target = self.CommandedTarget()        # the commanded target: TARGET_LEAD above the TCP
+        target.pose.position.x, target.pose.position.y, target.pose.position.z = (float(v) for v in tcp + TARGET_LEAD)
+        target.pose.orientation.x, target.pose.orientation.w, target.gripper = 1.0, 0.0, -1.0
+        self.pubs["target"].publish(target)
         ok = bool(np.linalg.norm(tcp - obj) < 0.005)
         st = TaskStatus()
         st.reward, st.success, st.done, st.source = float(ok), ok, ok, "sim_detector"
@@ -233,6 +242,10 @@ def test_policy_episode_with_intervention_is_recorded(graph, spawn_node, tmp_pat
     assert ep.observations["third_person"].shape == (r.length + 1, 16, 16, 3)
     assert ep.observations["wrist"].shape == (r.length + 1, 8, 8, 3)
     assert np.allclose(ep.observations["proprio"][:, 21], 0.04)    # gripper width from the finger joints
+    # the bridge's commanded target relative to the TCP (the TCP moves <= 1 cm between messages)
+    cmd = ep.observations["command"]
+    assert cmd.shape == (r.length + 1, 7) and np.all(cmd[:, 6] == -1.0)
+    assert np.abs(cmd[:, :3] - TARGET_LEAD).max() <= 0.0101 and np.abs(cmd[:, 3:6]).max() < 1e-6
     assert 1 <= ep.num_interventions <= 2 and (ep.source[ep.intervention] == SOURCE_INTERVENTION).all()
     assert ep.initial_configuration["region"] == "ood" and ep.region == "ood"
     deadline = time.monotonic() + 5

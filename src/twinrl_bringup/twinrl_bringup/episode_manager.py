@@ -104,6 +104,7 @@ class StepObservation:
     stamp: float
     proprio: np.ndarray                      # (22,) float32, dataset.PROPRIO_LAYOUT
     images: dict = field(default_factory=dict)   # name -> (H, W, 3) uint8
+    command: Optional[np.ndarray] = None     # (7,) dataset.COMMAND_LAYOUT: the robot side's target, if known
 
     @property
     def tcp_position(self) -> np.ndarray:
@@ -343,6 +344,8 @@ class EpisodeRunner:
         storage_uri = ""
         if T:
             obs_arr = {"proprio": np.stack([o.proprio for o in observations]).astype(np.float32)}
+            if all(o.command is not None for o in observations):     # else training rebuilds them
+                obs_arr[ds.COMMAND_KEY] = np.stack([o.command for o in observations]).astype(np.float32)
             if keep_images:
                 names = set(observations[0].images)
                 for o in observations:

@@ -17,7 +17,9 @@ needs privileged sim state) or ``policy`` (the manager only watches the action t
 Observations come either as a bundle (``observation_topic``, twinrl_msgs/Observation) or, by
 default, assembled from fr3_bridge's topics: ``/joint_states`` (arm joints, plus finger
 joints when present for the gripper width), ``/twinrl/tcp_pose`` and the camera images
-(``image_topics``). A new image of the first camera makes a new observation (without
+(``image_topics``), and each carries fr3_bridge's commanded target (``command_topic``,
+twinrl_msgs/CommandedTarget; "" for none) relative to the TCP, so recorded episodes keep the
+target the actions really applied to (a force stop or hold moves it). A new image of the first camera makes a new observation (without
 cameras a timer at ``control_rate_hz`` does); a control step takes the first observation that
 arrives at least ``step_pacing`` of a control period after the step began, so faster cameras
 do not speed the loop up past ``control_rate_hz``.
@@ -134,7 +136,7 @@ class RosPorts:
         from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
         from geometry_msgs.msg import PoseStamped
         from sensor_msgs.msg import Image, JointState
-        from twinrl_msgs.msg import Action, Observation, TaskStatus
+        from twinrl_msgs.msg import Action, CommandedTarget, Observation, TaskStatus
         from twinrl_msgs.srv import ResetEpisode, SampleResetConfiguration, SetControlMode
 
         self.node = node
@@ -151,6 +153,7 @@ class RosPorts:
         self.joints = None           # (q, dq)
         self.finger_width: Optional[float] = None
         self.tcp = None              # (position, quaternion)
+        self.target = None           # (position, quaternion, gripper, receipt time): the bridge's commanded target
         self.images: dict[str, np.ndarray] = {}
         self.warned: set[str] = set()
         self.goal_handle = None
@@ -163,6 +166,9 @@ class RosPorts:
         node.create_subscription(Action, p["action_topic"], self._on_action, 50, callback_group=sensors)
         node.create_subscription(TaskStatus, p["status_topic"], self._on_status, 100, callback_group=sensors)
         node.create_subscription(PoseStamped, p["object_pose_topic"], self._on_object, 10, callback_group=sensors)
+        if p["command_topic"]:
+            node.create_subscription(CommandedTarget, p["command_topic"], self._on_target, 20,
+                                     callback_group=sensors)
         if p["observation_topic"]:
             node.create_subscription(Observation, p["observation_topic"], self._on_bundle, 5, callback_group=sensors)
         else:
@@ -247,6 +253,23 @@ class RosPorts:
         with self.cond:
             self.tcp = (pose[:3], pose[3:])
 
+    def _on_target(self, msg) -> None:
+        from twinrl_bringup.bridge.rosconv import pose7_from_msg
+
+        pose = pose7_from_msg(msg.pose)
+        if not (np.all(np.isfinite(pose)) and np.isfinite(msg.gripper)):
+            self._warn_once("target", f"{self.p['command_topic']}: non-finite commanded target dropped")
+            return
+        with self.cond:
+            self.target = (pose[:3], pose[3:], float(msg.gripper), time.monotonic())
+
+    def _command(self, proprio) -> Optional[np.ndarray]:
+        """The commanded target relative to the TCP of ``proprio`` (caller holds ``cond``), or
+        None without a fresh one."""
+        if self.target is None or time.monotonic() - self.target[3] > self.p["command_max_age_s"]:
+            return None
+        return ds.command_vector(proprio[14:17], proprio[17:21], self.target[0], self.target[1], self.target[2])
+
     def _on_image(self, name: str, msg) -> None:
         try:
             img = image_from_msg(msg, name)
@@ -271,7 +294,7 @@ class RosPorts:
                                            f"recorded as {self.p['gripper_width_default']}")
                 width = self.p["gripper_width_default"]
             proprio = ds.proprio_vector(q, dq, self.tcp[0], self.tcp[1], width)
-            self.obs = StepObservation(time.monotonic(), proprio, dict(self.images))
+            self.obs = StepObservation(time.monotonic(), proprio, dict(self.images), self._command(proprio))
             self.cond.notify_all()
 
     def _on_bundle(self, msg) -> None:
@@ -290,7 +313,7 @@ class RosPorts:
                     return
         proprio = ds.proprio_vector(pr.joint_positions, pr.joint_velocities, pose[:3], pose[3:], pr.gripper_width)
         with self.cond:
-            self.obs = StepObservation(time.monotonic(), proprio, images)
+            self.obs = StepObservation(time.monotonic(), proprio, images, self._command(proprio))
             self.cond.notify_all()
 
     # -- EpisodePorts -------------------------------------------------------------------------
@@ -423,6 +446,8 @@ PARAMS = {
     "observation_topic": "",
     "joint_states_topic": "/joint_states",
     "tcp_pose_topic": "/twinrl/tcp_pose",
+    "command_topic": "/twinrl/fr3_bridge/commanded_target",
+    "command_max_age_s": 0.5,               # an older commanded target is not recorded
     "use_images": True,                     # false: no cameras, steps paced by a timer
     "image_topics": DEFAULT_IMAGE_TOPICS,
     "joint_names": [f"fr3_joint{i}" for i in range(1, 8)],
