@@ -77,6 +77,9 @@ def subset(src: Path, dst: Path, episodes: list) -> Path:
     return dst
 
 
+TOP_UP_ROUNDS = 2          # extra stage I runs for twin demo slots that stayed empty
+
+
 def training_status(ckpt: Path, model_cfg, sft_cfg) -> str:
     """"finished" when ``ckpt`` was trained to the end with these model and SFT configs (its
     training state holds the SFT config and the step), "unfinished" when such a training was
@@ -205,20 +208,23 @@ def main() -> int:
         twin = build_twin(args.task, root)
         twin_dir = root / f"twin_demos_{args.method}_{tag}_s{args.seed}{twin_post}"
         pools = twin_pools(twin_dir) if twin_dir.exists() else pools
-        if len(pools["id"]) < n_id or len(pools["ood"]) < n_ood:
-            if twin_dir.exists():
-                shutil.rmtree(twin_dir)
-            # every slot is needed: more tries per slot than the product's default (the first
-            # tries are the same, so runs that needed no more are unchanged)
-            dg_cfg = load_demogen_config(overrides=[f"action_noise={args.twin_action_noise}",
-                                                    f"approach_error={args.twin_approach_error}"])
-            dg_cfg.max_attempts = max(dg_cfg.max_attempts, 8)
-            twin_info = generate(twin, seed_demo, twin_dir, n_id, n_ood, method=args.method, config=dg_cfg,
-                                 workers=args.workers, seed=args.seed, camera_overrides=camera_overrides(size),
-                                 progress=progress)
+        # every slot is needed: more tries per slot than the product's default (the first tries
+        # are the same, so runs that needed no more are unchanged), and slots still empty after
+        # them are topped up in new cells (another slot seed), up to TOP_UP_ROUNDS times
+        dg_cfg = load_demogen_config(overrides=[f"action_noise={args.twin_action_noise}",
+                                                f"approach_error={args.twin_approach_error}"])
+        dg_cfg.max_attempts = max(dg_cfg.max_attempts, 8)
+        for rnd in range(TOP_UP_ROUNDS + 1):
+            need_id, need_ood = max(0, n_id - len(pools["id"])), max(0, n_ood - len(pools["ood"]))
+            if not (need_id or need_ood):
+                break
+            twin_info = generate(twin, seed_demo, twin_dir, need_id, need_ood, method=args.method, config=dg_cfg,
+                                 workers=args.workers, seed=args.seed + 1000 * rnd,
+                                 camera_overrides=camera_overrides(size), progress=progress)
             pools = twin_pools(twin_dir)
-            print(f"twin demos: {twin_info['generated']}/{twin_info['requested']} generated, "
-                  f"{twin_info['demos_per_minute']:.0f}/min, rejections {twin_info['rejections']}", flush=True)
+            print(f"twin demos{' (top-up)' if rnd else ''}: {twin_info['generated']}/{twin_info['requested']} "
+                  f"generated, {twin_info['demos_per_minute']:.0f}/min, rejections {twin_info['rejections']}",
+                  flush=True)
 
     # 3. one SFT policy per mix, 4. grid evaluation in the sim world
     model_over = [f"third_person_size=[{size[0]},{size[0]}]", f"wrist_size=[{size[1]},{size[1]}]"]
