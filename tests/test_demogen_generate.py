@@ -192,7 +192,12 @@ def test_action_noise_jitters_the_twin_demos(seeds, tiny_twins, tmp_path):
     assert noisy.is_success and noisy.extra["action_noise"] == 0.003 and plain.extra["action_noise"] == 0.0
     assert plain.initial_configuration == noisy.initial_configuration
     off = np.cumsum(noisy.actions[:, :3] - plain.actions[:, :3], axis=0)
-    assert 0.001 < np.abs(off).max() < 0.015 and np.allclose(off[-1], 0.0, atol=1e-6)
+    # back on the path at the end: the same final commanded target (the summed actions may differ
+    # by what a contact force stop of the placement took back, a fraction of a millimetre)
+    assert 0.001 < np.abs(off).max() < 0.015 and np.abs(off[-1]).max() < 0.0005
+    final = [ds.command_targets(e.observations["proprio"][-1:], e.observations["command"][-1:])[0][0]
+             for e in (plain, noisy)]
+    np.testing.assert_allclose(final[0], final[1], atol=1e-5)
     with pytest.raises(ValueError, match="action_noise"):
         load_demogen_config(overrides=["action_noise=0.5"]).validate()
 
@@ -277,7 +282,9 @@ def test_pair_replay_follows_the_recorded_targets_through_force_stops(tiny_twins
     twin = tiny_twins("erase_whiteboard")
     s = pair_demos(twin, tmp_path / "real", tmp_path / "pairs", camera_overrides=SMALL, progress=False)
     paired = ds.load_episode(s["pairs"][0]["twin"], images=False)
-    n = ep.length + 1
+    # the eraser stays on the board (the twin's contact model), so the twin wipes it too
+    assert s["twin_successes"] == 1
+    n = min(ep.length, paired.length) + 1
     gap = np.linalg.norm(ep.observations["proprio"][:n, 14:17] - paired.observations["proprio"][:n, 14:17], axis=1)
     assert gap.max() < 0.02, gap.max()
     tenv = make_twin_env(twin, render=False)

@@ -145,6 +145,45 @@ def test_grasp_attach_and_release(twins):
     env.close()
 
 
+@pytest.mark.parametrize("stiffness", [6000.0, 20000.0, 0.0])
+def test_a_held_object_pressed_onto_the_table_stops_the_arm(twins, stiffness):
+    """InteractionConfig.press_stiffness: the table holds the arm up (the block keeps its place
+    in the hand) and a target pressing deeper than force_threshold / stiffness (30 N) trips the
+    force stop (target := measured pose). Without the model (0) the block slips up in the hand."""
+    from twinrl_twin.twin_env import load_interaction_config, make_twin_env
+
+    env = make_twin_env(twins("pick_and_place"), render=False,
+                        interaction=load_interaction_config(overrides=[f"press_stiffness={stiffness}"]))
+    obs, info = env.reset(seed=0, options={"configuration": {"object_pose": [0.45, 0.05, 0.02, 0, 0, 0, 1]}})
+    rest_z = env.task_obj.rest_z
+    expert = env.expert()
+    for _ in range(60):
+        obs, _, _, _, info = env.step(expert.act(obs, info))
+        if info["grasped"]:
+            break
+    assert info["grasped"]
+    for _ in range(5):                                      # settle on the table, holding it
+        obs, _, _, _, info = env.step([0, 0, 0, 0, 0, 0, 1.0])
+    rel0 = info["object_pose"][:3] - obs["tcp_pose"][:3]
+    tcp0 = obs["tcp_pose"][:3].copy()
+    # the target 3 mm into the table: 18 N at 6000 N/m, 60 N at 20000 N/m
+    obs, _, _, _, info = env.step([0, 0, -0.003, 0, 0, 0, 1.0])
+    for _ in range(4):
+        obs, _, _, _, info = env.step([0, 0, 0, 0, 0, 0, 1.0])
+    assert -1e-9 < info["object_pose"][2] - rest_z < 0.001   # on the table (to the IK's 0.7 mm), not in it
+    if stiffness:
+        assert np.allclose(info["object_pose"][:3] - obs["tcp_pose"][:3], rel0, atol=1e-4)   # no slip
+        assert abs(obs["tcp_pose"][2] - tcp0[2]) < 0.001      # held up by the table
+    if stiffness == 6000.0:
+        assert env._force_stops == 0 and obs["command"][2] < -0.0025      # the target stays below
+    elif stiffness:
+        assert env._force_stops == 1 and np.abs(obs["command"][:3]).max() < 1e-4   # held where it is
+    else:
+        assert obs["tcp_pose"][2] < tcp0[2] - 0.002           # the arm goes down, the block slips up
+        assert (info["object_pose"] - obs["tcp_pose"])[2] > rel0[2] + 0.002
+    env.close()
+
+
 def test_in_hand_xy_option_places_the_grasped_object(twins):
     """The reset option in_hand_xy: once grasped, the object sits at that x / y of the TCP frame
     (instead of centred where the fingers met it); bad values are refused naming the option."""

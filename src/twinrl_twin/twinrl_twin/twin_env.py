@@ -66,6 +66,11 @@ class InteractionConfig:
     # 1.0 / 0.0 is a kinematic arm that reaches every target within the step.
     arm_gain: float = 0.42
     arm_damping: float = 0.18
+    # A held object pressed onto its support: the support stops the arm (the TCP stays where
+    # the object rests on it), and the contact force, press_stiffness x how far the arm's target
+    # lies below that, stops the arm like the robot's force limit (target := measured pose) once
+    # it exceeds safety.force_threshold. 0: no contact model, the object slips up in the hand.
+    press_stiffness: float = 6000.0
 
     def validate(self) -> None:
         if self.finger_speed <= 0:
@@ -74,7 +79,7 @@ class InteractionConfig:
             raise ValueError(f"arm_gain must be in (0, 1] and arm_damping in [0, 1), got {self.arm_gain}, "
                              f"{self.arm_damping}")
         if min(self.grasp_margin, self.min_grasp_width, self.insert_xy_tolerance, self.insert_yaw_tolerance,
-               self.contact_tolerance) < 0:
+               self.contact_tolerance, self.press_stiffness) < 0:
             raise ValueError("tolerances must not be negative")
 
 
@@ -114,6 +119,7 @@ def _camera_pose(cam) -> np.ndarray:
 
 
 MAX_IN_HAND_XY = 0.02      # m: farther from the TCP than this, an object is not between the pads
+TOUCH = 1e-4              # m: a held object closer than this to its support touches it
 
 
 def _in_hand_xy(value) -> Optional[np.ndarray]:
@@ -216,6 +222,7 @@ class TwinEnv:
         self._T_tcp_obj = np.eye(4)
         self._in_hand_xy: Optional[np.ndarray] = None
         self._steps = 0
+        self._force_stops = 0               # contact force stops (InteractionConfig.press_stiffness)
         self._configuration: dict = {}
         self._last_safety: Optional[SafetyResult] = None
         self._expert = None
@@ -244,6 +251,7 @@ class TwinEnv:
         self._gripper = -1.0
         self._grasped = False
         self._steps = 0
+        self._force_stops = 0
         self._last_safety = None
         target = np.asarray(configuration["target_pose"], float)
         obj = np.asarray(configuration["object_pose"], float)
@@ -274,6 +282,7 @@ class TwinEnv:
                 self._target_pos, self._target_quat = p.copy(), q.copy()
                 self._q_des = self.ik.solve(self._q_des, p, q, self.data.qpos)
         self._track_joint_targets()
+        self._press_contact()
         self._kinematics()
         self._update_gripper()
         self._kinematics()
@@ -339,6 +348,30 @@ class TwinEnv:
         if dist <= tcfg.clearance / 2 + self.icfg.insert_xy_tolerance and dyaw <= self.icfg.insert_yaw_tolerance:
             return t[2] + rest
         return top + rest if dist < self._fixture_reach else rest
+
+    def _press_contact(self) -> None:
+        """A held object meeting its support (InteractionConfig.press_stiffness): the arm stops
+        on it, and a target far enough below it trips the force stop."""
+        k = self.icfg.press_stiffness
+        if not self._grasped or k <= 0:
+            return
+        T_obj = self._tcp_matrix_at(self._q) @ self._T_tcp_obj
+        depth = self.support_z(T_obj) - T_obj[2, 3]
+        if depth < -TOUCH:
+            return                                   # not touching
+        if depth > 0:                                # the support holds the arm up (to the IK's precision)
+            p, R = self.ik.forward(self._q)
+            q_prev = self._q - self._dq
+            self._q = self.ik.solve(self._q, p + np.array([0.0, 0.0, depth]), _mat_quat(R), self.data.qpos)
+            self._dq = self._q - q_prev
+        T_goal = self._tcp_matrix_at(self._q_des) @ self._T_tcp_obj
+        force = k * (self.support_z(T_goal) - T_goal[2, 3])
+        if self.safety.force_exceeded([0.0, 0.0, force]):
+            self._force_stops += 1                   # hold where the arm is, as the robot does
+            p, R = self.ik.forward(self._q)
+            self._target_pos, self._target_quat = p.copy(), _mat_quat(R)
+            self._q_des = self._q.copy()
+            self._dq = np.zeros(7)
 
     def _clamp_held_object(self) -> None:
         floor = self.support_z(self._T_obj)

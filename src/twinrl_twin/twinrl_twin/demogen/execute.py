@@ -15,6 +15,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from twinrl_bringup import dataset as ds
+from twinrl_bringup import transforms as tf
 
 from .keyframes import in_hand_xy, map_keyframes
 from .path import (REJECT_COLLISION, REJECT_ERROR, REJECT_TASK_FAILED, REJECT_UNREACHABLE, Candidate,
@@ -126,7 +127,13 @@ def execute_path(env, path: EEPath, configuration: dict, collision_check: Option
     if action_noise > 0:
         actions_to_run = jitter_actions(actions_to_run, action_noise, rng if rng is not None else np.random.default_rng(),
                                         press_limit=action_noise)
-    for a in actions_to_run:
+    # Each step steers the twin's target to where the (jittered) path puts it: the same actions
+    # while the twin applies every action to its previous target, and back on the path after a
+    # contact force stop moved the target to the measured pose (as a closed-loop hand would).
+    goals = path.positions[0] + np.cumsum(actions_to_run[:, :3], axis=0)
+    for k, a in enumerate(actions_to_run):
+        p, q = env.target_pose
+        a = np.concatenate([goals[k] - p, tf.rotation_between(q, path.quaternions[k + 1]), a[6:7]])
         success, done = step(a)
         if done and not success:
             break
