@@ -46,7 +46,7 @@ def test_record_writes_successful_demos(tmp_path, capsys):
     assert args.func(args) == 0
     ds = Dataset(out)
     assert len(ds) == n + 1 and len(ds.filter(region="id")) == 1
-    assert set(ds.filter(region="id")[0].observations) == {"proprio"}
+    assert set(ds.filter(region="id")[0].observations) == {"proprio", "command"}   # --no-images: the commanded targets, no images
 
 
 def test_record_bad_arguments(tmp_path, capsys):
