@@ -31,6 +31,18 @@ def _run_expert(env, seed, cell=None, limit=None):
             return obs, info, steps
 
 
+def _grasp_block(env, options):
+    """Reset with ``options`` and run the expert until it holds the block; (obs, info)."""
+    obs, info = env.reset(seed=0, options=options)
+    expert = env.expert()
+    for _ in range(60):
+        obs, _, _, _, info = env.step(expert.act(obs, info))
+        if info["grasped"]:
+            break
+    assert info["grasped"], "the expert's close never grasped the block"
+    return obs, info
+
+
 def test_spaces_equal_the_sims(twins):
     from twinrl_twin.sim import make_env
     from twinrl_twin.twin_env import make_twin_env
@@ -154,14 +166,8 @@ def test_a_held_object_pressed_onto_the_table_stops_the_arm(twins, stiffness):
 
     env = make_twin_env(twins("pick_and_place"), render=False,
                         interaction=load_interaction_config(overrides=[f"press_stiffness={stiffness}"]))
-    obs, info = env.reset(seed=0, options={"configuration": {"object_pose": [0.45, 0.05, 0.02, 0, 0, 0, 1]}})
+    obs, info = _grasp_block(env, {"configuration": {"object_pose": [0.45, 0.05, 0.02, 0, 0, 0, 1]}})
     rest_z = env.task_obj.rest_z
-    expert = env.expert()
-    for _ in range(60):
-        obs, _, _, _, info = env.step(expert.act(obs, info))
-        if info["grasped"]:
-            break
-    assert info["grasped"]
     for _ in range(5):                                      # settle on the table, holding it
         obs, _, _, _, info = env.step([0, 0, 0, 0, 0, 0, 1.0])
     rel0 = info["object_pose"][:3] - obs["tcp_pose"][:3]
@@ -195,13 +201,7 @@ def test_in_hand_xy_option_places_the_grasped_object(twins):
     rels = {}
     for xy in (None, (0.004, -0.002)):
         opts = {"configuration": config} if xy is None else {"configuration": config, "in_hand_xy": list(xy)}
-        obs, info = env.reset(seed=0, options=opts)
-        expert = env.expert()
-        for _ in range(60):
-            obs, _, _, _, info = env.step(expert.act(obs, info))
-            if info["grasped"]:
-                break
-        assert info["grasped"]
+        obs, info = _grasp_block(env, opts)
         T_rel = tf.invert(tf.pose7_to_matrix(obs["tcp_pose"])) @ tf.pose7_to_matrix(info["object_pose"])
         rels[xy] = T_rel[:3, 3]
     np.testing.assert_allclose(rels[(0.004, -0.002)][:2], [0.004, -0.002], atol=1e-6)
