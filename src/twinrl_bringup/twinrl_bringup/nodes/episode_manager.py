@@ -19,10 +19,11 @@ default, assembled from fr3_bridge's topics: ``/joint_states`` (arm joints, plus
 joints when present for the gripper width), ``/twinrl/tcp_pose`` and the camera images
 (``image_topics``), and each carries fr3_bridge's commanded target (``command_topic``,
 twinrl_msgs/CommandedTarget; "" for none) relative to the TCP, so recorded episodes keep the
-target the actions really applied to (a force stop or hold moves it). A new image of the first camera makes a new observation (without
-cameras a timer at ``control_rate_hz`` does); a control step takes the first observation that
-arrives at least ``step_pacing`` of a control period after the step began, so faster cameras
-do not speed the loop up past ``control_rate_hz``.
+target the actions really applied to (a force stop or hold moves it). A new image of the
+first camera makes a new observation (without cameras a timer at ``control_rate_hz`` does);
+a control step takes the first observation that arrives at least ``step_pacing`` of a
+control period after the step began, so faster cameras do not speed the loop up past
+``control_rate_hz``.
 
 Publishes feedback every step, the Episode summary on ``/twinrl/episodes`` and, with the
 expert, twinrl_msgs/Action on ``action_out_topic``. The arm is put in hold mode
