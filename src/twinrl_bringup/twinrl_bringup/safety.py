@@ -263,6 +263,15 @@ class SafetyEnvelope:
         return bool(np.linalg.norm(f[:3]) > self.cfg.force_threshold)
 
 
+def action_towards(position, quaternion, goal_position, goal_quaternion, gripper: float) -> np.ndarray:
+    """The (7,) delta action that moves the commanded target (position, quaternion) to the goal
+    pose: what :meth:`SafetyEnvelope.apply` turns back into the goal within its step limits."""
+    from twinrl_bringup.transforms import rotation_between
+
+    dp = np.asarray(goal_position, dtype=float) - np.asarray(position, dtype=float)
+    return np.concatenate([dp, rotation_between(quaternion, goal_quaternion), [float(gripper)]])
+
+
 def commanded_path(p0, q0, actions, envelope: Optional[SafetyEnvelope] = None,
                    where: str = "actions") -> tuple[np.ndarray, np.ndarray]:
     """The targets the robot side made of delta ``actions`` (T, 7) from the start pose (p0, q0):

@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from twinrl_bringup import dataset as ds
-from twinrl_bringup import transforms as tf
+from twinrl_bringup.safety import action_towards
 
 from .keyframes import in_hand_xy, map_keyframes
 from .path import (REJECT_COLLISION, REJECT_ERROR, REJECT_TASK_FAILED, REJECT_UNREACHABLE, Candidate,
@@ -133,7 +133,7 @@ def execute_path(env, path: EEPath, configuration: dict, collision_check: Option
     goals = path.positions[0] + np.cumsum(actions_to_run[:, :3], axis=0)
     for k, a in enumerate(actions_to_run):
         p, q = env.target_pose
-        a = np.concatenate([goals[k] - p, tf.rotation_between(q, path.quaternions[k + 1]), a[6:7]])
+        a = action_towards(p, q, goals[k], path.quaternions[k + 1], a[6])
         success, done = step(a)
         if done and not success:
             break

@@ -26,7 +26,7 @@ from typing import Optional
 import numpy as np
 
 from twinrl_bringup import dataset as ds
-from twinrl_bringup import transforms as tf
+from twinrl_bringup.safety import action_towards
 
 _ENVS: dict = {}
 
@@ -74,7 +74,7 @@ def replay_actions(env, configuration: dict, actions: np.ndarray, settle_steps: 
         a = actions[k] if k < len(actions) else noop
         if targets is not None and k < len(actions):
             p, q = env.target_pose
-            a = np.concatenate([P[k + 1] - p, tf.rotation_between(q, Q[k + 1]), [actions[k, 6]]])
+            a = action_towards(p, q, P[k + 1], Q[k + 1], actions[k, 6])
         obs, reward, terminated, truncated, info = env.step(a)
         ok = bool(info.get("success", False))
         if record:

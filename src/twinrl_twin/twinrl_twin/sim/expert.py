@@ -31,6 +31,7 @@ from typing import Optional
 import numpy as np
 
 from twinrl_bringup import transforms as tf
+from twinrl_bringup.safety import action_towards
 
 from .tasks import EraseWhiteboard, nearest_equivalent
 
@@ -86,16 +87,16 @@ class ScriptedExpert:
     # -- helpers -------------------------------------------------------------------------------
     def _goto(self, position, quat, gripper: float, max_step: Optional[float] = None) -> np.ndarray:
         p_cmd, q_cmd = self.env.target_pose
-        dp = np.asarray(position, float) - p_cmd
+        act = action_towards(p_cmd, q_cmd, position, quat, gripper)
+        dp, rv = act[:3], act[3:6]              # views: scaled in place
         limit = self.max_step if max_step is None else max_step
         n = float(np.linalg.norm(dp))
         if n > limit:
             dp *= limit / n
-        rv = tf.rotation_between(q_cmd, quat)
         a = float(np.linalg.norm(rv))
         if a > self.max_rot:
             rv *= self.max_rot / a
-        return np.concatenate([dp, rv, [gripper]])
+        return act
 
     def _reached(self, position, quat, tol: float, rot_tol: float = 0.03) -> bool:
         p, q = self.env.tcp_pose()
