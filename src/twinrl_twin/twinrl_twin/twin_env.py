@@ -355,14 +355,15 @@ class TwinEnv:
         k = self.icfg.press_stiffness
         if not self._grasped or k <= 0:
             return
-        T_obj = self._tcp_matrix_at(self._q) @ self._T_tcp_obj
+        T_tcp = self._tcp_matrix_at(self._q)
+        T_obj = T_tcp @ self._T_tcp_obj
         depth = self.support_z(T_obj) - T_obj[2, 3]
         if depth < -TOUCH:
             return                                   # not touching
         if depth > 0:                                # the support holds the arm up (to the IK's precision)
-            p, R = self.ik.forward(self._q)
             q_prev = self._q - self._dq
-            self._q = self.ik.solve(self._q, p + np.array([0.0, 0.0, depth]), _mat_quat(R), self.data.qpos)
+            self._q = self.ik.solve(self._q, T_tcp[:3, 3] + np.array([0.0, 0.0, depth]), _mat_quat(T_tcp[:3, :3]),
+                                    self.data.qpos)
             self._dq = self._q - q_prev
         T_goal = self._tcp_matrix_at(self._q_des) @ self._T_tcp_obj
         force = k * (self.support_z(T_goal) - T_goal[2, 3])

@@ -117,9 +117,6 @@ def load_seed_demo(path_or_episode) -> SeedDemo:
     recorded = recorded_commands(ep.observations, T, where)
     if recorded is not None:        # the targets the robot side really had (force stops included)
         positions, quats = command_targets(proprio, recorded)
-        for k in range(1, len(quats)):
-            if np.dot(quats[k], quats[k - 1]) < 0:
-                quats[k] = -quats[k]
     else:
         positions, quats = commanded_path(proprio[0, 14:17], quats[0], np.asarray(ep.actions, dtype=float),
                                           where=where)
