@@ -257,9 +257,30 @@ def test_idle_steps_are_waits_without_motion_or_gripper_change(tmp_path):
     n_idle = sum(int(idle_steps(ep.actions).sum()) for ep in eps)
     assert n_idle >= 6 and info["idle_steps_skipped"] == n_idle
     assert len(kept) == len(full) - n_idle
-    keep0 = ~idle_steps(eps[0].actions)
-    assert np.array_equal(kept.proprio[:keep0.sum()], eps[0].observations["proprio"][:eps[0].length][keep0])
-    assert np.array_equal(kept.third_person[:keep0.sum()], eps[0].observations["third_person"][:eps[0].length][keep0])
+    first = next(ep for ep in eps if ep.episode_id == kept.episodes[0])     # the pool's first episode
+    keep0 = ~idle_steps(first.actions)
+    assert np.array_equal(kept.proprio[:keep0.sum()], first.observations["proprio"][:first.length][keep0])
+    assert np.array_equal(kept.third_person[:keep0.sum()], first.observations["third_person"][:first.length][keep0])
+
+
+def test_pools_do_not_depend_on_episode_ids_or_file_order(data, tmp_path):
+    """The same demonstrations recorded again (new ids, written in another order) give the same
+    pools, so a training seed draws the same batches from them."""
+    from twinrl_bringup.dataset import Dataset, DatasetWriter
+
+    cfg = tiny_model_config()
+    real, _, _ = load_demo_pools(data[:1], TASK, cfg, progress=False)
+    src = Dataset(data[0])
+    eps = [src.load(i) for i in range(len(src))]
+    writer = DatasetWriter(tmp_path / "again")
+    for k, ep in enumerate(reversed(eps)):
+        ep.episode_id = f"{TASK}-again-{k:02d}"     # ids sort in the reverse order of the originals
+        writer.write_episode(ep)
+    again, _, _ = load_demo_pools([tmp_path / "again"], TASK, cfg, progress=False)
+    assert len(real.episodes) == 4 and again.episodes != real.episodes
+    for key in ("third_person", "wrist", "proprio", "command", "action", "object_pose", "object_valid"):
+        np.testing.assert_array_equal(getattr(again, key), getattr(real, key), err_msg=key)
+    np.testing.assert_array_equal(again.episode_end, real.episode_end)
 
 
 def test_pools_carry_the_commanded_target_rebuilt_from_each_episode(data):
@@ -267,11 +288,9 @@ def test_pools_carry_the_commanded_target_rebuilt_from_each_episode(data):
 
     real, _, _ = load_demo_pools(data[:1], TASK, tiny_model_config(), progress=False)
     ds = Dataset(data[0])
-    want = []
-    for i in range(len(ds)):
-        ep = ds.load(i)
-        want.append(episode_commands(ep.observations["proprio"], ep.actions)[:ep.length])
-    want = np.concatenate(want)
+    eps = {ep.episode_id: ep for ep in (ds.load(i) for i in range(len(ds)))}
+    want = np.concatenate([episode_commands(eps[e].observations["proprio"], eps[e].actions)[:eps[e].length]
+                           for e in real.episodes])     # in the pool's episode order
     assert real.command.shape == (len(real), 7)
     np.testing.assert_allclose(real.command, want, atol=1e-6)
     assert np.abs(real.command[:, :3]).max() > 0      # not all zero: the rule data moves
@@ -291,8 +310,7 @@ def test_pools_take_the_recorded_commands_where_episodes_have_them(data, tmp_pat
     writer.write_episode(src.load(1))                           # no recorded commands
     real, _, info = load_demo_pools([tmp_path / "mixed"], TASK, tiny_model_config(), progress=False)
     assert info["commands_rebuilt"] == 1
-    first = Dataset(tmp_path / "mixed").entries[0]["episode_id"] == ep.episode_id
-    rows = slice(0, ep.length) if first else slice(len(real) - ep.length, len(real))
+    rows = slice(0, ep.length) if real.episodes[0] == ep.episode_id else slice(len(real) - ep.length, len(real))
     np.testing.assert_allclose(real.command[rows], ep.observations["command"][:ep.length], atol=1e-6)
 
 

@@ -8,6 +8,7 @@ pool with probability alpha (falling back to the other pool when one is empty).
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -21,7 +22,7 @@ from twinrl_bringup.safety import SafetyEnvelope, load_safety_config
 
 from .config import ModelConfig
 
-__all__ = ["DemoPool", "PairPool", "idle_steps", "load_demo_pools", "load_pair_pool", "object_labels",
+__all__ = ["DemoPool", "PairPool", "episode_digest", "idle_steps", "load_demo_pools", "load_pair_pool", "object_labels",
            "sample_indices"]
 
 
@@ -110,11 +111,23 @@ def _check_images(path, obs: dict, cfg: ModelConfig) -> None:
                                      f"(set model.{key}_size)")
 
 
+def episode_digest(ep) -> str:
+    """A digest of an episode's content (actions and proprioception), independent of its id and
+    file name: the order :func:`load_demo_pools` puts episodes in."""
+    h = hashlib.sha1()
+    for arr in (ep.actions, ep.observations["proprio"]):
+        a = np.ascontiguousarray(arr, np.float32)
+        h.update(str(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
 def load_demo_pools(dirs: Sequence, task: str, cfg: ModelConfig, real_sources=("real", "demo", "intervention"),
                     twin_sources=("twin",), success_only: bool = False, progress: bool = True,
                     skip_idle: bool = False) -> tuple[DemoPool, DemoPool, dict]:
-    """Load every episode of ``task`` from the dataset directories into a real and a twin pool.
-    ``skip_idle`` leaves out the steps found by :func:`idle_steps`."""
+    """Load every episode of ``task`` from the dataset directories into a real and a twin pool,
+    each in the order of :func:`episode_digest` (the same demonstrations under other ids or file
+    names give the same pools). ``skip_idle`` leaves out the steps found by :func:`idle_steps`."""
     if not dirs:
         raise ValueError("no dataset directories given")
     cfg.task_index(task)  # the policy must know the task
@@ -137,6 +150,7 @@ def load_demo_pools(dirs: Sequence, task: str, cfg: ModelConfig, real_sources=("
                 continue
             selected.append((ds, i, pool))
     envelope = SafetyEnvelope(load_safety_config())     # rebuilds the commanded targets of older episodes
+    loaded = {"real": [], "twin": []}
     for ds, i, pool in tqdm(selected, desc="loading demos", unit="ep", disable=not progress, leave=False):
         path = ds.path(i)
         ep = ds.load(i)
@@ -144,23 +158,28 @@ def load_demo_pools(dirs: Sequence, task: str, cfg: ModelConfig, real_sources=("
         T = ep.length
         keep = ~idle_steps(ep.actions) if skip_idle else np.ones(T, bool)
         info["idle_steps_skipped"] += int(T - keep.sum())
-        for key in ("third_person", "wrist", "proprio"):
-            parts[pool][key].append(np.asarray(ep.observations[key][:T])[keep])
-        parts[pool]["action"].append(np.asarray(ep.actions, np.float32)[keep])
+        rec = {key: np.asarray(ep.observations[key][:T])[keep] for key in ("third_person", "wrist", "proprio")}
+        rec["action"] = np.asarray(ep.actions, np.float32)[keep]
         # the commanded target at each step: recorded, or (older episodes) rebuilt from the actions
         try:
             commands, recorded = commands_of(ep, where=str(path), envelope=envelope)
         except ValueError as exc:
             raise DatasetError(path, str(exc).removeprefix(f"{path}: ")) from exc
         info["commands_rebuilt"] += int(not recorded)
-        parts[pool]["command"].append(commands[:T][keep])
+        rec["command"] = commands[:T][keep]
         obj, valid = object_labels(ep.initial_configuration, ep.actions)
-        parts[pool]["object_pose"].append(obj[keep])
-        parts[pool]["object_valid"].append(valid[keep])
-        start = sum(parts[pool]["length"])
-        parts[pool]["steps"].append(np.where(keep, start + np.cumsum(keep) - 1, -1).astype(np.int64))
-        parts[pool]["length"].append(int(keep.sum()))
-        ids[pool].append(ep.episode_id)
+        rec["object_pose"], rec["object_valid"], rec["keep"] = obj[keep], valid[keep], keep
+        loaded[pool].append((episode_digest(ep), ep.episode_id, rec))
+    for pool, episodes in loaded.items():
+        # pool order by content, not by file name: the same demonstrations recorded again (new
+        # episode ids) give the same pools, hence the same batches for a training seed
+        for _, episode_id, rec in sorted(episodes, key=lambda e: e[:2]):
+            for key in ("third_person", "wrist", "proprio", "action", "command", "object_pose", "object_valid"):
+                parts[pool][key].append(rec[key])
+            keep, start = rec["keep"], sum(parts[pool]["length"])
+            parts[pool]["steps"].append(np.where(keep, start + np.cumsum(keep) - 1, -1).astype(np.int64))
+            parts[pool]["length"].append(int(keep.sum()))
+            ids[pool].append(episode_id)
     pools = []
     for name in ("real", "twin"):
         if not ids[name]:
