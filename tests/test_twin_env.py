@@ -169,9 +169,22 @@ def test_a_held_object_pressed_onto_the_table_stops_the_arm(twins, stiffness):
     rel0 = info["object_pose"][:3] - obs["tcp_pose"][:3]
     tcp0 = obs["tcp_pose"][:3].copy()
     # the target 3 mm into the table: 18 N at 6000 N/m, 60 N at 20000 N/m
+    seen = [obs]
     obs, _, _, _, info = env.step([0, 0, -0.003, 0, 0, 0, 1.0])
+    seen.append(obs)
     for _ in range(4):
         obs, _, _, _, info = env.step([0, 0, 0, 0, 0, 0, 1.0])
+        seen.append(obs)
+    # the reported joint velocities are those of the motion the arm made, lift or stop included
+    q = np.array([o["joint_positions"] for o in seen])
+    v = np.array([o["joint_velocities"] for o in seen])
+    moved = np.diff(q, axis=0)
+    want = (1.5 * moved[1:] - 0.5 * moved[:-1]) / env.control_dt
+    if stiffness == 20000.0:
+        np.testing.assert_allclose(v[1], 0.0, atol=1e-12)         # the stop holds the arm
+        want[0] = (1.5 * moved[1]) / env.control_dt               # the step after starts from rest
+    np.testing.assert_allclose(v[2:], want, atol=1e-9)
+    assert np.abs(moved).max() > 1e-4                             # it moved: the check has something to see
     assert -1e-9 < info["object_pose"][2] - rest_z < 0.001   # on the table (to the IK's 0.7 mm), not in it
     if stiffness:
         assert np.allclose(info["object_pose"][:3] - obs["tcp_pose"][:3], rel0, atol=1e-4)   # no slip

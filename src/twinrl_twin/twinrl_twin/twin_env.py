@@ -212,6 +212,7 @@ class TwinEnv:
         self._q = self.home.copy()          # joint positions of the arm
         self._q_des = self.home.copy()      # its joint targets (IK of the commanded TCP target)
         self._dq = np.zeros(7)              # joint motion of the last step
+        self._dq_prev = np.zeros(7)         # and of the step before
         self._qvel = np.zeros(7)
         self._width = self.max_width
         self._gripper = -1.0
@@ -246,6 +247,7 @@ class TwinEnv:
         self._q = self.home.copy()
         self._q_des = self.home.copy()
         self._dq = np.zeros(7)
+        self._dq_prev = np.zeros(7)
         self._qvel = np.zeros(7)
         self._width = self.max_width
         self._gripper = -1.0
@@ -365,6 +367,7 @@ class TwinEnv:
             self._q = self.ik.solve(self._q, T_tcp[:3, 3] + np.array([0.0, 0.0, depth]), _mat_quat(T_tcp[:3, :3]),
                                     self.data.qpos)
             self._dq = self._q - q_prev
+            self._qvel = end_of_step_velocity(self._dq, self._dq_prev, self.control_dt)
         T_goal = self._tcp_matrix_at(self._q_des) @ self._T_tcp_obj
         force = k * (self.support_z(T_goal) - T_goal[2, 3])
         if self.safety.force_exceeded([0.0, 0.0, force]):
@@ -373,6 +376,7 @@ class TwinEnv:
             self._target_pos, self._target_quat = p.copy(), _mat_quat(R)
             self._q_des = self._q.copy()
             self._dq = np.zeros(7)
+            self._qvel = np.zeros(7)                 # held
 
     def _clamp_held_object(self) -> None:
         floor = self.support_z(self._T_obj)
@@ -436,11 +440,11 @@ class TwinEnv:
     def _track_joint_targets(self) -> None:
         """One control step of the arm following its joint targets (see InteractionConfig)."""
         c = self.icfg
-        q_prev, dq_prev = self._q.copy(), self._dq
+        q_prev, self._dq_prev = self._q.copy(), self._dq
         self._dq = c.arm_damping * self._dq + c.arm_gain * (self._q_des - self._q)
         self._q = self.safety.clip_joints(self._q + self._dq)
         self._dq = self._q - q_prev
-        self._qvel = end_of_step_velocity(self._dq, dq_prev, self.control_dt)
+        self._qvel = end_of_step_velocity(self._dq, self._dq_prev, self.control_dt)
 
     # -- state ---------------------------------------------------------------------------------
     def tcp_pose(self) -> tuple[np.ndarray, np.ndarray]:
