@@ -22,8 +22,8 @@ from twinrl_bringup.safety import SafetyEnvelope, load_safety_config
 
 from .config import ModelConfig
 
-__all__ = ["DemoPool", "PairPool", "episode_digest", "idle_steps", "load_demo_pools", "load_pair_pool", "object_labels",
-           "sample_indices"]
+__all__ = ["DemoPool", "PairPool", "episode_digest", "idle_steps", "load_demo_pools", "load_pair_pool",
+           "object_labels", "sample_indices"]
 
 
 @dataclass
