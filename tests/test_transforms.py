@@ -61,6 +61,16 @@ def test_slerp_and_rotation_between():
     assert tf.yaw_of(b) == pytest.approx(1.0)
 
 
+def test_sign_continuous_keeps_each_quaternion_in_the_hemisphere_of_the_one_before():
+    qs = tf.slerp([0, 0, 0, 1], tf.quat_from_euler("z", 3.0), np.linspace(0, 1, 7))
+    flipped = qs * np.array([1, -1, 1, -1, -1, 1, -1])[:, None]
+    out = tf.sign_continuous(flipped)
+    assert (np.einsum("ij,ij->i", out[1:], out[:-1]) > 0).all()
+    np.testing.assert_allclose(np.abs(out), np.abs(qs), atol=1e-12)     # same rotations
+    np.testing.assert_array_equal(out[0], flipped[0])                   # the first one sets the sign
+    assert not np.shares_memory(out, flipped)
+
+
 @pytest.mark.parametrize("bad", [[0, 0, 0, 0], [np.nan, 0, 0, 1], [1, 2, 3]])
 def test_bad_quaternions_raise_clear_errors(bad):
     with pytest.raises(ValueError, match="quaternion"):

@@ -148,16 +148,13 @@ def command_targets(proprio, commands) -> tuple[np.ndarray, np.ndarray]:
     """The commanded target poses (positions (N, 3), quaternions (N, 4) xyzw, sign-continuous
     like ``safety.commanded_path``'s) from the measured TCP poses of ``proprio`` (N, 22) and
     ``commands`` (N, 7): the inverse of :func:`command_vector`."""
-    from twinrl_bringup.transforms import normalize_quat, quat_multiply, rotvec_to_quat
+    from twinrl_bringup.transforms import normalize_quat, quat_multiply, rotvec_to_quat, sign_continuous
 
     proprio = np.asarray(proprio, dtype=np.float64)
     commands = np.asarray(commands, dtype=np.float64)
     P = proprio[:, 14:17] + commands[:, :3]
     Q = np.stack([normalize_quat(quat_multiply(rotvec_to_quat(c[3:6]), q)) for c, q in zip(commands, proprio[:, 17:21])])
-    for k in range(1, len(Q)):
-        if np.dot(Q[k], Q[k - 1]) < 0:
-            Q[k] = -Q[k]
-    return P, Q
+    return P, sign_continuous(Q)
 
 
 def proprio_vector(joint_positions, joint_velocities, tcp_position, tcp_quaternion,

@@ -27,6 +27,7 @@ __all__ = [
     "quat_multiply",
     "quat_inverse",
     "quat_angle",
+    "sign_continuous",
     "quat_from_euler",
     "quat_to_euler",
     "quat_from_wxyz",
@@ -106,6 +107,17 @@ def quat_inverse(q) -> np.ndarray:
 def quat_angle(a, b) -> float:
     """Angle (rad, in [0, pi]) of the rotation taking ``a`` to ``b``."""
     return float((Rotation.from_quat(_quat(b)) * Rotation.from_quat(_quat(a)).inv()).magnitude())
+
+
+def sign_continuous(quats) -> np.ndarray:
+    """A copy of the quaternion sequence ``quats`` (N, 4) with each one's sign flipped where
+    needed to lie in the hemisphere of the one before (same rotations; clean slerps and
+    differences along a path)."""
+    Q = np.array(quats, dtype=float).reshape(-1, 4)
+    for k in range(1, len(Q)):
+        if np.dot(Q[k], Q[k - 1]) < 0:
+            Q[k] = -Q[k]
+    return Q
 
 
 def quat_from_euler(seq: str, angles, degrees: bool = False) -> np.ndarray:

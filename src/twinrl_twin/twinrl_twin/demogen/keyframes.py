@@ -110,10 +110,7 @@ def load_seed_demo(path_or_episode) -> SeedDemo:
     norms = np.linalg.norm(quats, axis=1)
     if np.any(norms < 1e-6):
         raise ValueError(f"{where}: observations.proprio[:, 17:21]: zero TCP quaternion")
-    quats = quats / norms[:, None]
-    for k in range(1, len(quats)):               # continuous sign, for clean slerps
-        if np.dot(quats[k], quats[k - 1]) < 0:
-            quats[k] = -quats[k]
+    quats = tf.sign_continuous(quats / norms[:, None])      # for clean slerps
     recorded = recorded_commands(ep.observations, T, where)
     if recorded is not None:        # the targets the robot side really had (force stops included)
         positions, quats = command_targets(proprio, recorded)

@@ -103,11 +103,7 @@ def resample_tcp_path(positions: np.ndarray, quats: np.ndarray, max_step: float 
     Q = np.asarray(quats, float).reshape(-1, 4)
     if len(P) == 1:
         P, Q = np.vstack([P, P]), np.vstack([Q, Q])
-    # consistent quaternion hemisphere
-    Q = Q.copy()
-    for i in range(1, len(Q)):
-        if np.dot(Q[i], Q[i - 1]) < 0:
-            Q[i] = -Q[i]
+    Q = tf.sign_continuous(Q)                    # consistent quaternion hemisphere
     dp = np.linalg.norm(np.diff(P, axis=0), axis=1)
     dr = np.array([tf.quat_angle(Q[i], Q[i + 1]) for i in range(len(Q) - 1)])
     ds = np.maximum(dp / max_step, dr / max_rot)

@@ -68,10 +68,7 @@ def affine_map(demo, keyframes, new_keyframes) -> tuple[np.ndarray, np.ndarray]:
         P[i0], P[i1] = na.position, nb.position           # exact ends
         q[0], q[-1] = na.quaternion, nb.quaternion
         Q[t] = q
-    for k in range(1, len(Q)):                             # continuous quaternion signs
-        if np.dot(Q[k], Q[k - 1]) < 0:
-            Q[k] = -Q[k]
-    return P, Q
+    return P, tf.sign_continuous(Q)
 
 
 def retime(positions, quaternions, gripper, max_step: float = MAX_STEP, max_rot: float = MAX_ROT):
@@ -102,11 +99,7 @@ def retime(positions, quaternions, gripper, max_step: float = MAX_STEP, max_rot:
         out_q.append(Q[k + 1])
         out_g.append(G[k])
         index.append(len(out_p) - 1)
-    Qo = np.array(out_q)
-    for k in range(1, len(Qo)):
-        if np.dot(Qo[k], Qo[k - 1]) < 0:
-            Qo[k] = -Qo[k]
-    return np.array(out_p), Qo, np.array(out_g), np.array(index)
+    return np.array(out_p), tf.sign_continuous(out_q), np.array(out_g), np.array(index)
 
 
 def affine_transfer(demo, keyframes, new_keyframes, max_step: float = MAX_STEP, max_rot: float = MAX_ROT) -> EEPath:
