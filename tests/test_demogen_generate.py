@@ -1,6 +1,6 @@
 """Stage I runs: slots over ID/OOD cells, kept demos as twin episodes covering the asked
-cells, rejections counted by reason while the run goes on, the open-loop transfer rate in the
-sim world, paired samples, and the `twinrl demos` command."""
+cells, rejections counted by reason while the run goes on, the transfer rate in the sim world
+(steered to the recorded targets, and by the actions alone), paired samples, and the `twinrl demos` command."""
 from __future__ import annotations
 
 import json
@@ -72,7 +72,7 @@ def test_affine_run_covers_asked_ood_cells_and_transfers_to_the_sim_world(task, 
     assert cells["ood"] <= set(asked_ood)
     assert {tuple(c) for c in s["missing_cells"]["ood"]} == set(asked_ood) - cells["ood"]
     assert len(cells["ood"]) >= 3
-    # open-loop replay of the kept demos in the (physics) sim world
+    # the kept demos replayed in the (physics) sim world
     r = transfer_rate(out, workers=1, progress=False)
     print(f"\n{task}: {s['generated']}/{s['requested']} kept ({s['attempts']} attempts, {s['rejections']}), "
           f"{s['demos_per_minute']:.0f} demos/min; sim replay {r['successes']}/{r['episodes']}")
@@ -149,6 +149,7 @@ def test_cli_generate_json_and_errors(seeds, tiny_twins, tmp_path, ros_env):
     assert rep.returncode == 0, rep.stderr
     r = json.loads(rep.stdout.strip().splitlines()[-1])
     assert r["episodes"] == 2 and "insert_hexagon" in r["by"]
+    assert r["steered"] == 2 and "steered to their recorded targets" in rep.stdout   # twin demos record them
 
 
 def one_pick_demo(seeds, tiny_twins, out, override: str):
@@ -294,3 +295,67 @@ def test_pair_replay_follows_the_recorded_targets_through_force_stops(tiny_twins
         tenv.close()
     by_actions = np.stack([o["proprio"][14:17] for o in res["observations"]])
     assert np.linalg.norm(ep.observations["proprio"][:n, 14:17] - by_actions[:n], axis=1).max() > 0.03
+
+
+class _StoppingWorld:
+    """A sim world stand-in: the target moves by each action's position delta, and at step
+    ``stop_at`` the robot side holds at a measured pose 8 mm above it (a force stop the twin
+    did not have). Success: the target within 2 mm of ``goal`` at the last recorded step."""
+
+    task_obj = None
+
+    def __init__(self, goal, stop_at: int, length: int):
+        self.goal, self.stop_at, self.length = np.asarray(goal, float), stop_at, length
+
+    def reset(self, options=None):
+        self._p, self._k = np.zeros(3), 0
+        return {}, {}
+
+    @property
+    def target_pose(self):
+        return self._p.copy(), np.array([0.0, 0.0, 0.0, 1.0])
+
+    def step(self, a):
+        self._p = self._p + np.asarray(a[:3], float)
+        self._k += 1
+        if self._k == self.stop_at:
+            self._p = self._p + np.array([0.0, 0.0, 0.008])
+        ok = self._k == self.length and np.linalg.norm(self._p - self.goal) < 0.002
+        return {}, float(ok), ok, False, {"success": ok, "configuration": {}}
+
+
+def test_transfer_rate_steers_to_the_recorded_targets_through_force_stops(tmp_path, monkeypatch):
+    """A twin demo whose sim replay meets a force stop: by its actions alone the arm stays off by
+    the stop's offset and misses; steered to its recorded targets it gets back on the path.
+    A demo without recorded commands is replayed by its actions."""
+    from twinrl_twin.demogen import replay
+
+    T = 6
+    steps = np.tile([0.01, 0.0, -0.005], (T, 1))
+    P = np.vstack([np.zeros(3), np.cumsum(steps, axis=0)])         # the twin's commanded path
+    proprio = np.zeros((T + 1, ds.PROPRIO_DIM), np.float32)
+    proprio[:, 14:17] = P - 0.001                                     # the measured TCP lags a little
+    proprio[:, 20] = 1.0
+    commands = np.stack([ds.command_vector(proprio[k, 14:17], proprio[k, 17:21], P[k], [0, 0, 0, 1], 1.0)
+                         for k in range(T + 1)])
+    actions = np.hstack([steps, np.zeros((T, 3)), np.ones((T, 1))]).astype(np.float32)
+    ep = ds.EpisodeData(task="erase_whiteboard", observations={"proprio": proprio, "command": commands},
+                        actions=actions, rewards=np.eye(T, dtype=np.float32)[-1], terminated=np.eye(T, dtype=bool)[-1],
+                        truncated=np.zeros(T, bool), success=np.eye(T, dtype=bool)[-1],
+                        source=np.full(T, ds.SOURCE_TWIN, np.uint8), episode_source=ds.SOURCE_TWIN,
+                        initial_configuration={"task": "erase_whiteboard", "region": "ood", "cell_row": 0,
+                                               "cell_col": 0})
+    writer = ds.DatasetWriter(tmp_path / "d")
+    writer.write_episode(ep)
+    old = ds.EpisodeData(**{**ep.__dict__, "observations": {"proprio": proprio}, "episode_id": ""})
+    writer.write_episode(old)
+    monkeypatch.setitem(replay._ENVS, ("sim", "erase_whiteboard"), _StoppingWorld(P[-1], stop_at=2, length=T))
+    r = replay.transfer_rate(tmp_path / "d", settle_steps=0, progress=False)
+    assert r["episodes"] == 2 and r["steered"] == 1
+    assert r["successes"] == 1 and r["open_loop_successes"] == 0, r
+    assert r["failures"] == [str(ds.Dataset(tmp_path / "d").path(i)) for i in range(2)
+                             if "command" not in ds.load_episode(ds.Dataset(tmp_path / "d").path(i)).observations]
+    # without the stop both replays succeed
+    monkeypatch.setitem(replay._ENVS, ("sim", "erase_whiteboard"), _StoppingWorld(P[-1], stop_at=-1, length=T))
+    r = replay.transfer_rate(tmp_path / "d", settle_steps=0, progress=False)
+    assert r["successes"] == r["open_loop_successes"] == 2, r

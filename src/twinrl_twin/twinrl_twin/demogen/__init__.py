@@ -16,6 +16,7 @@ Pipeline for one candidate (a new object / target configuration):
    region and cell, or a :class:`.path.Rejection` naming why it was not kept.
 
 :mod:`.generate` runs candidates over ID and OOD cells in parallel workers; :mod:`.replay`
-measures how many kept demos succeed when their actions are replayed open-loop in the sim
-world; :mod:`.paired` replays a seed demonstration in the twin for paired real/twin samples.
+measures how many kept demos succeed when replayed in the sim world (steered to their
+recorded targets, and by their actions alone), and replays demonstrations in the twin for
+paired real/twin samples.
 """

@@ -2,7 +2,7 @@
 
     twinrl demos generate --twin TWIN --seed-demo DEMO --n-id N --n-ood M --method affine|plan \\
         --workers K --out DIR [--seed S] [--json]
-    twinrl demos replay DIR [DIR ...] [--workers K] [--json]     open-loop transfer rate in the sim world
+    twinrl demos replay DIR [DIR ...] [--workers K] [--json]     transfer rate in the sim world
     twinrl demos pair --twin TWIN --demos DIR --out DIR [--json]  paired real/twin samples
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ def register(subparsers) -> None:
     g.add_argument("--json", action="store_true", help="print a JSON summary on the last line")
     g.set_defaults(func=cmd_generate)
 
-    r = sub.add_parser("replay", help="replay demos open-loop in the sim world: the transfer rate")
+    r = sub.add_parser("replay", help="replay demos in the sim world: the transfer rate")
     r.add_argument("data", nargs="+", type=Path, help="dataset directories or episode files")
     r.add_argument("--workers", type=int, default=1)
     r.add_argument("--settle-steps", type=int, default=10)
@@ -94,7 +94,9 @@ def cmd_replay(args) -> int:
                           progress=sys.stderr.isatty() or not args.json)
     except (DatasetError, ValueError, FileNotFoundError) as exc:
         return _fail("replay", exc)
-    print(f"open-loop replay in the sim world: {s['successes']}/{s['episodes']} = {s['transfer_rate']:.3f}")
+    print(f"replay in the sim world: {s['successes']}/{s['episodes']} = {s['transfer_rate']:.3f} "
+          f"({s['steered']} steered to their recorded targets); their actions alone: "
+          f"{s['open_loop_successes']}/{s['episodes']} = {s['open_loop_rate']:.3f}")
     for k, v in s["by"].items():
         print(f"  {k:<32} {v['successes']}/{v['episodes']} = {v['rate']:.3f}")
     if args.json:

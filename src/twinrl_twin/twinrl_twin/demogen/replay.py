@@ -1,8 +1,11 @@
 """Replaying recorded action sequences in another world.
 
-* :func:`transfer_rate`: the kept twin demos' actions replayed open-loop in the sim world (the
-  physics stand-in for the real cell) from the same initial configuration. The fraction that
-  succeed is the twin-to-world transfer rate of the generated demonstrations.
+* :func:`transfer_rate`: the kept twin demos replayed in the sim world (the physics stand-in
+  for the real cell) from the same initial configuration, steered to their recorded commanded
+  targets. The fraction that succeed is the twin-to-world transfer rate of the generated
+  demonstrations. Their actions alone are replayed too (``open_loop_rate``): where the sim's
+  robot side moves its target itself (a force stop the twin did not have), the actions, being
+  relative to the previous target, carry that offset through the rest of the episode.
 * :func:`pair_demos`: each (real) demonstration replayed in the twin under its own initial
   configuration, recording the twin's observations: paired real/twin samples. The twin
   episode carries ``extra["pair_of"]`` (the real episode id) and ``extra["pair_file"]``;
@@ -113,19 +116,30 @@ def _sim_env(task: str):
     return _ENVS[key]
 
 
+def _recorded_targets(ep, where: str):
+    """The commanded targets an episode recorded (``obs.command``), or None for older episodes."""
+    commands = ds.recorded_commands(ep.observations, ep.length, where)
+    return None if commands is None else ds.command_targets(ep.observations["proprio"], commands)
+
+
 def _replay_file(args) -> dict:
     path, settle_steps = args
     t0 = time.perf_counter()
     ep = ds.load_episode(path, images=False)
     env = _sim_env(ep.task)
-    res = replay_actions(env, ep.initial_configuration, ep.actions, settle_steps)
+    targets = _recorded_targets(ep, str(path))
+    res = replay_actions(env, ep.initial_configuration, ep.actions, settle_steps, targets=targets)
+    open_loop = res if targets is None else replay_actions(env, ep.initial_configuration, ep.actions, settle_steps)
     return {"file": str(path), "episode_id": ep.episode_id, "task": ep.task, "region": ep.region,
-            "cell": list(ep.cell), "success": res["success"], "steps": res["steps"],
+            "cell": list(ep.cell), "success": res["success"], "steps": res["steps"], "steered": targets is not None,
+            "open_loop_success": open_loop["success"],
             "generator": (ep.extra or {}).get("generator", ""), "seconds": time.perf_counter() - t0}
 
 
 def transfer_rate(source, workers: int = 1, settle_steps: int = 10, progress: bool = True) -> dict:
-    """Open-loop replay of every episode of ``source`` (dataset dir(s) / files) in the sim world."""
+    """Every episode of ``source`` (dataset dir(s) / files) replayed in the sim world: steered to
+    its recorded commanded targets where it has them (``transfer_rate``; ``steered`` counts
+    them), by its actions where not, and by its actions alone (``open_loop_rate``)."""
     paths = _episode_paths(source)
     if not paths:
         raise ValueError(f"no episodes in {source}")
@@ -134,7 +148,7 @@ def transfer_rate(source, workers: int = 1, settle_steps: int = 10, progress: bo
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(jobs), desc="open-loop replay in the sim world", unit="ep")
+        bar = tqdm(total=len(jobs), desc="replay in the sim world", unit="ep")
     t0 = time.perf_counter()
     results = []
     if workers <= 1:
@@ -158,7 +172,10 @@ def transfer_rate(source, workers: int = 1, settle_steps: int = 10, progress: bo
             by[key][0] += int(r["success"])
             by[key][1] += 1
     n_ok = sum(r["success"] for r in results)
+    n_open = sum(r["open_loop_success"] for r in results)
     return {"episodes": len(results), "successes": int(n_ok), "transfer_rate": n_ok / len(results),
+            "steered": int(sum(r["steered"] for r in results)), "open_loop_successes": int(n_open),
+            "open_loop_rate": n_open / len(results),
             "by": {k: {"successes": v[0], "episodes": v[1], "rate": v[0] / v[1]} for k, v in sorted(by.items())},
             "failures": [r["file"] for r in results if not r["success"]],
             "wall_time_s": time.perf_counter() - t0, "settle_steps": settle_steps}
@@ -187,8 +204,7 @@ def pair_demos(twin, demos, out, settle_steps: int = 0, camera_overrides: Option
             real = ds.load_episode(p, images=False)
             if real.task != env.task:
                 raise ValueError(f"{p}: a {real.task!r} episode, the twin is for {env.task!r}")
-            commands = ds.recorded_commands(real.observations, real.length, str(p))
-            targets = None if commands is None else ds.command_targets(real.observations["proprio"], commands)
+            targets = _recorded_targets(real, str(p))
             res = replay_actions(env, real.initial_configuration, real.actions, settle_steps, record=True,
                                  in_hand_xy=_demo_in_hand_xy(real, env.task_obj), targets=targets)
             T = len(res["rewards"])
