@@ -166,7 +166,8 @@ def one_pick_demo(seeds, tiny_twins, out, override: str):
 def test_jittered_path_returns_to_the_path_every_step():
     """execute.jitter_actions: step k's commanded target is off the path by n_k and step k+1
     returns to it, so the executed actions sum to the path's; the hand is still where the path
-    waits (fingers) and at its end; a downward offset is bounded; rotation and gripper unchanged."""
+    waits (fingers), at its end and (grip_quiet_steps) on the steps into a gripper change; a
+    downward offset is bounded; rotation and gripper unchanged."""
     from twinrl_twin.demogen.execute import jitter_actions
 
     rng = np.random.default_rng(0)
@@ -182,6 +183,19 @@ def test_jittered_path_returns_to_the_path_every_step():
     assert off.std() > 0.002 and off[:, 2].min() >= -0.003 - 1e-12
     assert np.allclose(jitter_actions(a, 0.0, np.random.default_rng(1)), a)
     np.testing.assert_allclose(j, jitter_actions(a, 0.003, np.random.default_rng(1), press_limit=0.003))
+    # grip_quiet_steps: the hand arrives on the path for the steps into the gripper change (20)
+    assert np.abs(off[16:20]).max() > 1e-4
+    q = jitter_actions(a, 0.003, np.random.default_rng(1), press_limit=0.003, grip_quiet_steps=4)
+    off_q = np.cumsum(q[:, :3] - a[:, :3], axis=0)
+    assert np.allclose(off_q[16:25], 0.0) and np.allclose(off_q[:16], off[:16])
+    assert np.allclose(off_q[-1], 0.0) and np.allclose(off_q[25:], off[25:])
+    with pytest.raises(ValueError, match="grip_quiet_steps"):
+        jitter_actions(a, 0.003, np.random.default_rng(1), grip_quiet_steps=-1)
+    from twinrl_twin.demogen.generate import load_demogen_config
+
+    assert load_demogen_config().grip_quiet_steps == 3
+    with pytest.raises(ValueError, match="grip_quiet_steps"):
+        load_demogen_config(overrides=["grip_quiet_steps=-1"]).validate()
 
 
 def test_action_noise_jitters_the_twin_demos(seeds, tiny_twins, tmp_path):

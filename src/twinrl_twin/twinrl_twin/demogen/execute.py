@@ -27,20 +27,25 @@ OBJECT_TOLERANCE = 0.001        # m: the applied object pose must match the requ
 
 
 def jitter_actions(actions: np.ndarray, noise: float, rng: np.random.Generator,
-                   press_limit: Optional[float] = None) -> np.ndarray:
+                   press_limit: Optional[float] = None, grip_quiet_steps: int = 0) -> np.ndarray:
     """The path's delta actions with a jittering hand: step k's commanded target lands off the
     path by n_k ~ N(0, noise^2) per position axis and step k+1 returns to it
     (a'_k = a_k + n_k - n_{k-1}), as the sim expert's ``action_noise`` does. Steps that do not
-    translate (the path waits for the fingers) and the last step carry no offset.
-    ``press_limit`` (m) bounds the downward offset (a held object is not pushed deeper into a
-    surface than that)."""
+    translate (the path waits for the fingers) and the last step carry no offset, nor do the
+    ``grip_quiet_steps`` steps before a gripper command change and the change itself (the
+    hand arrives at a grasp or a release on the path). ``press_limit`` (m) bounds the downward
+    offset (a held object is not pushed deeper into a surface than that)."""
     a = np.array(actions, dtype=float, copy=True)
     if noise <= 0 or len(a) == 0:
         return a
+    if int(grip_quiet_steps) < 0:
+        raise ValueError(f"grip_quiet_steps must be >= 0, got {grip_quiet_steps}")
     n = rng.normal(0.0, noise, (len(a), 3))
     if press_limit is not None:
         n[:, 2] = np.maximum(n[:, 2], -abs(press_limit))
     n[np.linalg.norm(a[:, :3], axis=1) < 1e-9] = 0.0
+    for k in np.nonzero(np.abs(np.diff(a[:, 6])) > 1e-9)[0] + 1:
+        n[max(0, k - int(grip_quiet_steps)):k + 1] = 0.0
     n[-1] = 0.0
     a[:, :3] += n - np.vstack([np.zeros((1, 3)), n[:-1]])
     return a
@@ -70,7 +75,7 @@ def offset_approach(path: EEPath, error: float, rng: np.random.Generator) -> tup
 def execute_path(env, path: EEPath, configuration: dict, collision_check: Optional[Callable] = None,
                  max_extra_steps: int = 10, method: str = "affine", seed_demo: str = "",
                  in_hand_xy=None, action_noise: float = 0.0,
-                 rng: Optional[np.random.Generator] = None) -> ds.EpisodeData:
+                 rng: Optional[np.random.Generator] = None, grip_quiet_steps: int = 0) -> ds.EpisodeData:
     """Execute ``path`` in ``env`` (a twin env) from ``configuration``; see module doc.
     ``in_hand_xy``: the twin's reset option of that name (where the object sits in the hand once
     grasped; :func:`~.keyframes.in_hand_xy`), None for the twin's own grasp model.
@@ -80,7 +85,7 @@ def execute_path(env, path: EEPath, configuration: dict, collision_check: Option
     ``unreachable`` (the env did not place the object where asked), ``collision`` or
     ``task_failed``. ``action_noise`` (m): the path is stepped with :func:`jitter_actions`
     (``rng``), so the episode holds the way back from small offsets (a downward offset at most
-    ``action_noise``)."""
+    ``action_noise``; none in the ``grip_quiet_steps`` before a grasp or release)."""
     if not isinstance(path, EEPath):
         raise ValueError(f"path: expected an EEPath, got {type(path).__name__}")
     if not isinstance(configuration, dict) or "object_pose" not in configuration:
@@ -126,7 +131,7 @@ def execute_path(env, path: EEPath, configuration: dict, collision_check: Option
     actions_to_run = path.actions()
     if action_noise > 0:
         actions_to_run = jitter_actions(actions_to_run, action_noise, rng if rng is not None else np.random.default_rng(),
-                                        press_limit=action_noise)
+                                        press_limit=action_noise, grip_quiet_steps=grip_quiet_steps)
     # Each step steers the twin's target to where the (jittered) path puts it: the same actions
     # while the twin applies every action to its previous target, and back on the path after a
     # contact force stop moved the target to the measured pose (as a closed-loop hand would).
@@ -176,7 +181,8 @@ def _path_in_workspace(env, path: EEPath) -> None:
 def generate_candidate(env, demo, keyframes, configuration: dict, method: str = "affine", planner=None,
                        collision_check: Optional[Callable] = None, max_extra_steps: int = 10,
                        in_hand_from_demo: bool = True, action_noise: float = 0.0,
-                       rng: Optional[np.random.Generator] = None, approach_error: float = 0.0):
+                       rng: Optional[np.random.Generator] = None, approach_error: float = 0.0,
+                       grip_quiet_steps: int = 0):
     """One candidate: map the keyframes to ``configuration``, build the path (``affine``:
     :func:`~.transfer.affine_transfer`; ``plan``: ``planner(env, demo, keyframes,
     new_keyframes) -> EEPath``), aim its approach off by up to ``approach_error`` m
@@ -205,7 +211,7 @@ def generate_candidate(env, demo, keyframes, configuration: dict, method: str = 
         in_hand = in_hand_xy(demo, keyframes, env.task_obj) if in_hand_from_demo else None
         episode = execute_path(env, path, cfg, collision_check=collision_check, max_extra_steps=max_extra_steps,
                                method=method, seed_demo=demo.episode_id, in_hand_xy=in_hand,
-                               action_noise=action_noise, rng=rng)
+                               action_noise=action_noise, rng=rng, grip_quiet_steps=grip_quiet_steps)
     except CandidateRejected as exc:
         rej = exc.rejection
         return Rejection(rej.reason, rej.detail, cfg)
