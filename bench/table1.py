@@ -290,7 +290,10 @@ def main() -> int:
             t1 = time.monotonic()
             res = evaluate_grid(ckpt, args.task, args.rollouts_per_cell, world="sim", workers=args.workers,
                                 seed=args.seed, time_limit=args.time_limit, progress=progress)
-            stem = f"table1_{args.task}_{mid}_{mood}" + (f"_s{seed}" if args.seeds > 1 else "")
+            # results carry the checkpoint's variant (noise, --set, --alpha): runs of one root do not
+            # overwrite each other's
+            variant = ckpt_tag[len(tag):] + (twin_jitter if (mid or mood) else "")
+            stem = f"table1_{args.task}_{mid}_{mood}{variant}" + (f"_s{seed}" if args.seeds > 1 else "")
             (out / f"{stem}.json").write_text(res.to_json())
             write_heatmap(res, out / f"{stem}.png")
             runs.append({"seed": seed, "id_sr": res.id_success_rate, "ood_sr": res.ood_success_rate,
@@ -322,9 +325,10 @@ def main() -> int:
     summary = {"task": args.task, "real": args.real, "steps": args.steps, "batch": args.batch,
                "image_size": list(size), "rollouts_per_cell": args.rollouts_per_cell, "method": args.method,
                "rows": rows, "twin_generation": twin_info}
-    (out / f"table1_{args.task}.json").write_text(json.dumps(summary, indent=1, default=str))
+    run_variant = ckpt_tag[len(tag):] + twin_jitter
+    (out / f"table1_{args.task}{run_variant}.json").write_text(json.dumps(summary, indent=1, default=str))
     if rows:
-        plot(rows, args.task, out / f"table1_{args.task}.png")
+        plot(rows, args.task, out / f"table1_{args.task}{run_variant}.png")
     if args.json:
         print(json.dumps(summary, default=str))
     return 0

@@ -65,6 +65,9 @@ def test_table1_tiny_run(tmp_path, ros_env):
     assert "SFT pick_and_place" in r4.stderr and "trained with another" not in r4.stderr
     alpha_ckpt = next((tmp_path / "w").glob("sft_2_1_*_alpha0.3_5_s0.ckpt"))
     assert default_ckpt.read_bytes() == before
+    # its results are written beside the default alpha's, not over them
+    assert (out / "table1_pick_and_place_2_1_alpha0.3.json").exists() and (out / "table1_pick_and_place_alpha0.3.png").exists()
+    assert (out / "table1_pick_and_place_2_1_s1.png").exists() and (out / "table1_pick_and_place.png").exists()
     # a checkpoint whose training state does not match (here: unreadable) is trained again, not reused
     from twinrl_policy.sft import state_path
     state_path(alpha_ckpt).write_bytes(b"not a training state")
