@@ -183,12 +183,20 @@ def test_jittered_path_returns_to_the_path_every_step():
     assert off.std() > 0.002 and off[:, 2].min() >= -0.003 - 1e-12
     assert np.allclose(jitter_actions(a, 0.0, np.random.default_rng(1)), a)
     np.testing.assert_allclose(j, jitter_actions(a, 0.003, np.random.default_rng(1), press_limit=0.003))
-    # grip_quiet_steps: the hand arrives on the path for the steps into the gripper change (20)
+    # grip_quiet_steps: the hand is on the path for the steps into the gripper change (20) and after it
     assert np.abs(off[16:20]).max() > 1e-4
     q = jitter_actions(a, 0.003, np.random.default_rng(1), press_limit=0.003, grip_quiet_steps=4)
     off_q = np.cumsum(q[:, :3] - a[:, :3], axis=0)
     assert np.allclose(off_q[16:25], 0.0) and np.allclose(off_q[:16], off[:16])
     assert np.allclose(off_q[-1], 0.0) and np.allclose(off_q[25:], off[25:])
+    q6 = jitter_actions(a, 0.003, np.random.default_rng(1), press_limit=0.003, grip_quiet_steps=6)
+    off_q6 = np.cumsum(q6[:, :3] - a[:, :3], axis=0)
+    assert np.allclose(off_q6[14:27], 0.0) and np.abs(off[25:27]).max() > 1e-4 and np.allclose(off_q6[27:], off[27:])
+    # steps that move less than WAIT_STEP (a mapped path's waits) are waits too
+    b = a.copy()
+    b[20:25, :3] = 2e-6
+    off_b = np.cumsum(jitter_actions(b, 0.003, np.random.default_rng(1), press_limit=0.003)[:, :3] - b[:, :3], axis=0)
+    assert np.allclose(off_b[20:25], 0.0) and np.allclose(off_b, off)
     with pytest.raises(ValueError, match="grip_quiet_steps"):
         jitter_actions(a, 0.003, np.random.default_rng(1), grip_quiet_steps=-1)
     from twinrl_twin.demogen.generate import load_demogen_config
@@ -373,3 +381,90 @@ def test_transfer_rate_steers_to_the_recorded_targets_through_force_stops(tmp_pa
     monkeypatch.setitem(replay._ENVS, ("sim", "erase_whiteboard"), _StoppingWorld(P[-1], stop_at=-1, length=T))
     r = replay.transfer_rate(tmp_path / "d", settle_steps=0, progress=False)
     assert r["successes"] == r["open_loop_successes"] == 2, r
+
+
+class _BoardWorld:
+    """A twin stand-in for a wipe: the target moves by each action; the board is clean once the
+    target has stroked along +x on the board (z < 0.03) ``strokes_needed`` steps in all."""
+
+    task = "erase_whiteboard"
+
+    def __init__(self, start, strokes_needed: int):
+        self.start, self.strokes_needed = np.asarray(start, float), strokes_needed
+
+    def reset(self, options=None):
+        self._p, self.strokes = self.start.copy(), 0
+        return {"proprio": np.zeros(ds.PROPRIO_DIM)}, {}
+
+    @property
+    def configuration(self):
+        return {"object_pose": [0.0, 0.0, 0.0, 0, 0, 0, 1]}
+
+    @property
+    def target_pose(self):
+        return self._p.copy(), np.array([0.0, 0.0, 0.0, 1.0])
+
+    def step(self, a):
+        new = self._p + np.asarray(a[:3], float)
+        if new[2] < 0.03 and self._p[2] < 0.03 and new[0] - self._p[0] > 1e-6:
+            self.strokes += 1
+        self._p = new
+        ok = self.strokes >= self.strokes_needed
+        return {"proprio": np.zeros(ds.PROPRIO_DIM)}, float(ok), False, False, {"success": ok}
+
+
+def _wipe_path():
+    from twinrl_twin.demogen.path import EEPath
+
+    P = [[0.0, 0.0, 0.2], [0.0, 0.0, 0.1], [0.0, 0.0, 0.02]]              # down to the board
+    P += [[0.025 * k, 0.0, 0.02] for k in range(1, 5)]                    # the strokes, +x
+    P += [[0.1, 0.0, 0.06], [0.1, 0.0, 0.1]]                              # lift
+    Q = np.tile([0.0, 0.0, 0.0, 1.0], (len(P), 1))
+    return EEPath(P, Q, np.ones(len(P) - 1), segments=[("start", 0), ("wipe_start", 2), ("wipe_end", 6),
+                                                        ("end", 8)])
+
+
+def test_split_wipe_goes_back_along_the_board_and_strokes_again():
+    from twinrl_twin.demogen.execute import split_wipe
+    from twinrl_twin.demogen.path import EEPath
+    from twinrl_twin.demogen.transfer import MAX_STEP
+
+    path = _wipe_path()
+    head, again, tail = split_wipe(path)
+    np.testing.assert_allclose(head.positions, path.positions[:7])
+    np.testing.assert_allclose(tail.positions, path.positions[6:])
+    assert dict(tail.segments) == {"end": 2}
+    # again: from the wipe's end straight back to its start on the board, then the strokes
+    assert np.allclose(again.positions[0], path.positions[6]) and np.allclose(again.positions[-1], path.positions[6])
+    assert np.allclose(again.positions[:, 2], 0.02)
+    k = dict(again.segments)["wipe_start"]
+    np.testing.assert_allclose(again.positions[k:], path.positions[2:7])
+    assert again.max_step()[0] <= MAX_STEP + 1e-9 and k == 3         # 0.1 m back in 3 steps
+    no_wipe = EEPath(path.positions, path.quaternions, path.gripper, segments=[("start", 0), ("end", 8)])
+    assert split_wipe(no_wipe) is None
+
+
+def test_an_unclean_wipe_goes_over_its_strokes_again():
+    """execute_path with wipe_passes: a wipe that left the twin's board unclean strokes again
+    (here two passes are needed), then the rest of the path; keyframes after the wipe move by
+    the added steps. With one pass the candidate is rejected as task_failed."""
+    from twinrl_twin.demogen.execute import execute_path
+    from twinrl_twin.demogen.path import REJECT_TASK_FAILED, CandidateRejected
+
+    path = _wipe_path()
+    world = _BoardWorld(path.positions[0], strokes_needed=8)
+    ep = execute_path(world, path, world.configuration, wipe_passes=3, max_extra_steps=0)
+    assert ep.extra["wipe_passes"] == 2 and world.strokes == 8
+    assert ep.length == len(path) + 3 + 4                                # back 3 steps, 4 strokes again
+    assert ep.extra["keyframes"] == {"start": 0, "wipe_start": 2, "wipe_end": 6, "end": 15}
+    cmd = np.cumsum(ep.actions[:, :3], axis=0) + path.positions[0]
+    np.testing.assert_allclose(cmd[-1], path.positions[-1], atol=1e-6)  # the lift after the second pass
+    with pytest.raises(CandidateRejected) as exc:
+        execute_path(world, path, world.configuration, wipe_passes=1, max_extra_steps=0)
+    assert exc.value.rejection.reason == REJECT_TASK_FAILED
+    # a wipe that cleans the board at once is not repeated
+    clean = _BoardWorld(path.positions[0], strokes_needed=4)
+    ep = execute_path(clean, path, clean.configuration, wipe_passes=3, max_extra_steps=0)
+    assert ep.extra["wipe_passes"] == 1 and ep.length == len(path)
+    with pytest.raises(ValueError, match="wipe_passes"):
+        execute_path(clean, path, clean.configuration, wipe_passes=0)

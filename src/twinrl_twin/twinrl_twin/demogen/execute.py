@@ -24,6 +24,7 @@ from .transfer import affine_transfer, retime
 
 METHODS = ("affine", "plan")
 OBJECT_TOLERANCE = 0.001        # m: the applied object pose must match the requested one
+WAIT_STEP = 1e-5                # m: a path step moving less than this waits (the mapping leaves ~1e-6 m)
 
 
 def jitter_actions(actions: np.ndarray, noise: float, rng: np.random.Generator,
@@ -31,9 +32,9 @@ def jitter_actions(actions: np.ndarray, noise: float, rng: np.random.Generator,
     """The path's delta actions with a jittering hand: step k's commanded target lands off the
     path by n_k ~ N(0, noise^2) per position axis and step k+1 returns to it
     (a'_k = a_k + n_k - n_{k-1}), as the sim expert's ``action_noise`` does. Steps that do not
-    translate (the path waits for the fingers) and the last step carry no offset, nor do the
-    ``grip_quiet_steps`` steps before a gripper command change and the change itself (the
-    hand arrives at a grasp or a release on the path). ``press_limit`` (m) bounds the downward
+    translate (under ``WAIT_STEP``: the path waits for the fingers) and the last step carry no
+    offset, nor do the ``grip_quiet_steps`` steps before a gripper command change, the change
+    itself and as many after it (the hand stays on the path while the fingers close or open). ``press_limit`` (m) bounds the downward
     offset (a held object is not pushed deeper into a surface than that)."""
     a = np.array(actions, dtype=float, copy=True)
     if noise <= 0 or len(a) == 0:
@@ -43,9 +44,9 @@ def jitter_actions(actions: np.ndarray, noise: float, rng: np.random.Generator,
     n = rng.normal(0.0, noise, (len(a), 3))
     if press_limit is not None:
         n[:, 2] = np.maximum(n[:, 2], -abs(press_limit))
-    n[np.linalg.norm(a[:, :3], axis=1) < 1e-9] = 0.0
+    n[np.linalg.norm(a[:, :3], axis=1) < WAIT_STEP] = 0.0
     for k in np.nonzero(np.abs(np.diff(a[:, 6])) > 1e-9)[0] + 1:
-        n[max(0, k - int(grip_quiet_steps)):k + 1] = 0.0
+        n[max(0, k - int(grip_quiet_steps)):k + int(grip_quiet_steps) + 1] = 0.0
     n[-1] = 0.0
     a[:, :3] += n - np.vstack([np.zeros((1, 3)), n[:-1]])
     return a
@@ -72,10 +73,34 @@ def offset_approach(path: EEPath, error: float, rng: np.random.Generator) -> tup
     return EEPath(P2, Q2, G2, segments=[(name, int(index[i])) for name, i in path.segments]), e
 
 
+def split_wipe(path: EEPath) -> Optional[tuple[EEPath, EEPath, Optional[EEPath]]]:
+    """A wiping path (``wipe_start`` / ``wipe_end`` segments) as ``(head, again, tail)``: the
+    path through the end of the wipe; one more pass (straight back along the board to the
+    wipe's start, split into steps the envelope allows, then the strokes again), as the sim
+    expert goes over its strokes until the task is done; the rest of the path (None when the
+    wipe ends it). None for a path without a wipe."""
+    seg = dict(path.segments)
+    if "wipe_start" not in seg or "wipe_end" not in seg:
+        return None
+    ws, we = int(seg["wipe_start"]), int(seg["wipe_end"])
+    P, Q, G = path.positions, path.quaternions, path.gripper
+    if not 0 <= ws < we < len(P):
+        return None
+    head = EEPath(P[:we + 1], Q[:we + 1], G[:we], segments=[(n, i) for n, i in path.segments if i <= we])
+    Pr, Qr, Gr, _ = retime(np.stack([P[we], P[ws]]), np.stack([Q[we], Q[ws]]), [G[we - 1]])
+    again = EEPath(np.vstack([Pr, P[ws + 1:we + 1]]), np.vstack([Qr, Q[ws + 1:we + 1]]), np.r_[Gr, G[ws:we]],
+                   segments=[("wipe_again", 0), ("wipe_start", len(Pr) - 1)])
+    tail = None
+    if len(P) - we >= 2:
+        tail = EEPath(P[we:], Q[we:], G[we:], segments=[(n, i - we) for n, i in path.segments if i > we])
+    return head, again, tail
+
+
 def execute_path(env, path: EEPath, configuration: dict, collision_check: Optional[Callable] = None,
                  max_extra_steps: int = 10, method: str = "affine", seed_demo: str = "",
                  in_hand_xy=None, action_noise: float = 0.0,
-                 rng: Optional[np.random.Generator] = None, grip_quiet_steps: int = 0) -> ds.EpisodeData:
+                 rng: Optional[np.random.Generator] = None, grip_quiet_steps: int = 0,
+                 wipe_passes: int = 1) -> ds.EpisodeData:
     """Execute ``path`` in ``env`` (a twin env) from ``configuration``; see module doc.
     ``in_hand_xy``: the twin's reset option of that name (where the object sits in the hand once
     grasped; :func:`~.keyframes.in_hand_xy`), None for the twin's own grasp model.
@@ -85,13 +110,17 @@ def execute_path(env, path: EEPath, configuration: dict, collision_check: Option
     ``unreachable`` (the env did not place the object where asked), ``collision`` or
     ``task_failed``. ``action_noise`` (m): the path is stepped with :func:`jitter_actions`
     (``rng``), so the episode holds the way back from small offsets (a downward offset at most
-    ``action_noise``; none in the ``grip_quiet_steps`` before a grasp or release)."""
+    ``action_noise``; none in the ``grip_quiet_steps`` before a grasp or release).
+    ``wipe_passes``: a wiping path whose wipe left the twin's task undone goes over its strokes
+    again (:func:`split_wipe`), up to that many passes in all, before the rest of the path."""
     if not isinstance(path, EEPath):
         raise ValueError(f"path: expected an EEPath, got {type(path).__name__}")
     if not isinstance(configuration, dict) or "object_pose" not in configuration:
         raise ValueError("configuration: expected a dict with 'object_pose' [x, y, z, qx, qy, qz, qw]")
     if int(max_extra_steps) < 0:
         raise ValueError(f"max_extra_steps must be >= 0, got {max_extra_steps}")
+    if int(wipe_passes) < 1:
+        raise ValueError(f"wipe_passes must be >= 1, got {wipe_passes}")
     options = {"configuration": dict(configuration)}
     if in_hand_xy is not None:
         options["in_hand_xy"] = in_hand_xy          # checked by the twin
@@ -127,21 +156,42 @@ def execute_path(env, path: EEPath, configuration: dict, collision_check: Option
     # earlier (the twin's success test is kinematic and can fire a step or two before a physical
     # cell would: stopping there would cut the end of a wipe or an insertion). The episode
     # terminates at its last step, when the task is (still) done then.
-    done = success = False
-    actions_to_run = path.actions()
-    if action_noise > 0:
-        actions_to_run = jitter_actions(actions_to_run, action_noise, rng if rng is not None else np.random.default_rng(),
-                                        press_limit=action_noise, grip_quiet_steps=grip_quiet_steps)
-    # Each step steers the twin's target to where the (jittered) path puts it: the same actions
-    # while the twin applies every action to its previous target, and back on the path after a
-    # contact force stop moved the target to the measured pose (as a closed-loop hand would).
-    goals = path.positions[0] + np.cumsum(actions_to_run[:, :3], axis=0)
-    for k, a in enumerate(actions_to_run):
-        p, q = env.target_pose
-        a = action_towards(p, q, goals[k], path.quaternions[k + 1], a[6])
-        success, done = step(a)
-        if done and not success:
-            break
+    rng = rng if rng is not None else np.random.default_rng()
+
+    def run(piece: EEPath) -> tuple[bool, bool]:
+        """Step along ``piece``; (success, done) after its last step (or where the episode ended)."""
+        actions_to_run = piece.actions()
+        if action_noise > 0:
+            actions_to_run = jitter_actions(actions_to_run, action_noise, rng, press_limit=action_noise,
+                                            grip_quiet_steps=grip_quiet_steps)
+        # Each step steers the twin's target to where the (jittered) path puts it: the same
+        # actions while the twin applies every action to its previous target, and back on the
+        # path after a contact force stop moved the target to the measured pose (as a
+        # closed-loop hand would).
+        goals = piece.positions[0] + np.cumsum(actions_to_run[:, :3], axis=0)
+        ok = end = False
+        for k, a in enumerate(actions_to_run):
+            p, q = env.target_pose
+            ok, end = step(action_towards(p, q, goals[k], piece.quaternions[k + 1], a[6]))
+            if end and not ok:
+                break
+        return ok, end
+
+    split = split_wipe(path) if int(wipe_passes) > 1 else None
+    keyframes = {name: int(i) for name, i in path.segments}
+    passes = 1
+    if split is None:
+        success, done = run(path)
+    else:
+        head, again, tail = split
+        success, done = run(head)
+        while not (success or done) and passes < int(wipe_passes):
+            success, done = run(again)
+            passes += 1
+        inserted = len(actions) - len(head)
+        keyframes = {name: i + (inserted if i > len(head) else 0) for name, i in keyframes.items()}
+        if tail is not None and not done:
+            success, done = run(tail)
     if not (success or done):
         hold = np.zeros(7)
         hold[6] = float(path.gripper[-1])
@@ -163,7 +213,7 @@ def execute_path(env, path: EEPath, configuration: dict, collision_check: Option
         episode_source=ds.SOURCE_TWIN, initial_configuration=dict(applied), policy_version="",
         episode_id=ds.new_episode_id(env.task),
         extra={"generator": method, "seed_demo": seed_demo, "action_noise": float(action_noise),
-               "keyframes": {name: int(i) for name, i in path.segments}},
+               "keyframes": keyframes, **({"wipe_passes": passes} if split is not None else {})},
     )
 
 
@@ -182,7 +232,7 @@ def generate_candidate(env, demo, keyframes, configuration: dict, method: str = 
                        collision_check: Optional[Callable] = None, max_extra_steps: int = 10,
                        in_hand_from_demo: bool = True, action_noise: float = 0.0,
                        rng: Optional[np.random.Generator] = None, approach_error: float = 0.0,
-                       grip_quiet_steps: int = 0):
+                       grip_quiet_steps: int = 0, wipe_passes: int = 1):
     """One candidate: map the keyframes to ``configuration``, build the path (``affine``:
     :func:`~.transfer.affine_transfer`; ``plan``: ``planner(env, demo, keyframes,
     new_keyframes) -> EEPath``), aim its approach off by up to ``approach_error`` m
@@ -211,7 +261,8 @@ def generate_candidate(env, demo, keyframes, configuration: dict, method: str = 
         in_hand = in_hand_xy(demo, keyframes, env.task_obj) if in_hand_from_demo else None
         episode = execute_path(env, path, cfg, collision_check=collision_check, max_extra_steps=max_extra_steps,
                                method=method, seed_demo=demo.episode_id, in_hand_xy=in_hand,
-                               action_noise=action_noise, rng=rng, grip_quiet_steps=grip_quiet_steps)
+                               action_noise=action_noise, rng=rng, grip_quiet_steps=grip_quiet_steps,
+                               wipe_passes=wipe_passes)
     except CandidateRejected as exc:
         rej = exc.rejection
         return Rejection(rej.reason, rej.detail, cfg)
@@ -226,4 +277,4 @@ def generate_candidate(env, demo, keyframes, configuration: dict, method: str = 
                                             "path_steps": len(path)})
 
 
-__all__ = ["execute_path", "generate_candidate", "jitter_actions", "offset_approach", "METHODS"]
+__all__ = ["execute_path", "generate_candidate", "jitter_actions", "offset_approach", "split_wipe", "METHODS"]

@@ -55,6 +55,7 @@ class DemoGenConfig:
     in_hand_from_demo: bool = True      # insertion tasks: hold the object in the twin where the seed demo implies
     action_noise: float = 0.0           # m: jitter of the executed path, corrected the step after (execute.jitter_actions)
     grip_quiet_steps: int = 3           # steps before a gripper change that action_noise leaves on the path
+    wipe_passes: int = 3                # a wipe that left the twin's board unclean goes over its strokes again
     approach_error: float = 0.0         # m: radius of the approach's aim-off, corrected above the object (execute.offset_approach)
     planner: PlannerSettings = field(default_factory=PlannerSettings)
 
@@ -65,6 +66,8 @@ class DemoGenConfig:
             raise ValueError("settle_steps must be >= 0")
         if not (np.isfinite(self.action_noise) and 0.0 <= self.action_noise <= 0.01):
             raise ValueError(f"action_noise must be in [0, 0.01] m, got {self.action_noise!r}")
+        if self.wipe_passes < 1:
+            raise ValueError(f"wipe_passes must be >= 1, got {self.wipe_passes!r}")
         if self.grip_quiet_steps < 0:
             raise ValueError(f"grip_quiet_steps must be >= 0, got {self.grip_quiet_steps!r}")
         if not (np.isfinite(self.approach_error) and 0.0 <= self.approach_error <= 0.05):
@@ -135,7 +138,7 @@ def _run_slot(slot: dict) -> dict:
                                     in_hand_from_demo=config.in_hand_from_demo,
                                     action_noise=config.action_noise, rng=np.random.default_rng([int(s), 0xD7]),
                                     approach_error=config.approach_error,
-                                    grip_quiet_steps=config.grip_quiet_steps)
+                                    grip_quiet_steps=config.grip_quiet_steps, wipe_passes=config.wipe_passes)
         if isinstance(result, Candidate):
             ep = result.episode
             ep.extra = dict(ep.extra or {}, slot=slot["index"], attempt=len(attempts) + 1)
