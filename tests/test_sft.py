@@ -158,6 +158,60 @@ def test_interrupted_training_resumes_exactly(data, tmp_path, monkeypatch, sched
     assert longer.step == 12 and longer.train().steps == 14
 
 
+def test_moving_average_of_the_weights_is_checkpointed_and_resumes_exactly(data, tmp_path, monkeypatch):
+    """sft.ema_decay: the checkpoint holds the exponential moving average of the weights over the
+    steps (not the last step's), the state keeps both, and an interrupted run resumes to the
+    same average; a state without the average is refused by a run that wants one."""
+    cfg = dict(steps=10, batch_size=8, save_every=3, log_every=5, ema_decay=0.8)
+    model = tiny_model_config()
+    trainer = SFTTrainer(TASK, data, tmp_path / "a.ckpt", model, tiny_sft_config(**cfg), progress=False,
+                         log=lambda s: None)
+    expected = {k: v.detach().clone().float() for k, v in trainer.policy.state_dict().items()}
+    real_step = trainer.train_step
+
+    def tracking_step():
+        out = real_step()
+        for k, v in trainer.policy.state_dict().items():     # the first step copies, then EMA
+            expected[k] = v.float().clone() if trainer.step == 1 else 0.8 * expected[k] + 0.2 * v.float()
+        return out
+    monkeypatch.setattr(trainer, "train_step", tracking_step)
+    trainer.train()
+    saved = load_policy(tmp_path / "a.ckpt")[0].state_dict()
+    last = trainer.policy.state_dict()
+    floats = [k for k in saved if saved[k].is_floating_point()]
+    assert all(torch.allclose(saved[k], expected[k], atol=1e-6) for k in floats)
+    assert any(not torch.allclose(saved[k], last[k]) for k in floats)
+    # interrupted at step 5 and resumed: the same average as a straight run
+    straight = SFTTrainer(TASK, data, tmp_path / "b.ckpt", model, tiny_sft_config(**cfg), progress=False,
+                          log=lambda s: None)
+    straight.train()
+    first = SFTTrainer(TASK, data, tmp_path / "c.ckpt", model, tiny_sft_config(**cfg), progress=False,
+                       log=lambda s: None)
+    step = first.train_step
+
+    def interrupting_step():
+        if first.step == 5:
+            raise KeyboardInterrupt
+        return step()
+    monkeypatch.setattr(first, "train_step", interrupting_step)
+    with pytest.raises(KeyboardInterrupt):
+        first.train()
+    resumed = SFTTrainer(TASK, data, tmp_path / "c.ckpt", model, tiny_sft_config(**cfg), progress=False,
+                         log=lambda s: None)
+    assert resumed.step == 5
+    resumed.train()
+    a, b = load_policy(tmp_path / "b.ckpt")[0].state_dict(), load_policy(tmp_path / "c.ckpt")[0].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    st = torch.load(state_path(tmp_path / "c.ckpt"), weights_only=False)
+    del st["ema"]
+    torch.save(st, state_path(tmp_path / "c.ckpt"))
+    with pytest.raises(ValueError, match="no moving average"):
+        SFTTrainer(TASK, data, tmp_path / "c.ckpt", model, tiny_sft_config(**{**cfg, "steps": 12}), progress=False,
+                   log=lambda s: None)
+    with pytest.raises(ValueError, match="ema_decay"):
+        tiny_sft_config(ema_decay=1.0).validate()
+
+
 def test_cosine_learning_rate_schedule(data, tmp_path):
     """sft.lr_schedule: cosine warms up linearly, then decays to lr_final_fraction at the last
     step; the optimiser runs each step at the scheduled rate; constant stays put; a warm-up

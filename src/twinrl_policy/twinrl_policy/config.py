@@ -173,6 +173,10 @@ class SFTConfig:
     # sees in real ones. 0 = off
     align_weight: float = 0.0
     align_batch: int = 16
+    # exponential moving average of the weights (torch.optim.swa_utils): the checkpoint holds
+    # the average, updated after every step with this decay (0.995: about the last 200 steps);
+    # the training state keeps both. 0 = off, the checkpoint holds the last step's weights
+    ema_decay: float = 0.0
 
     def validate(self) -> None:
         if self.lr_schedule not in ("constant", "cosine"):
@@ -199,6 +203,8 @@ class SFTConfig:
             raise ValueError("real_sources and twin_sources overlap")
         if not (self.align_weight >= 0.0 and math.isfinite(self.align_weight)):
             raise ValueError(f"align_weight: must be >= 0, got {self.align_weight}")
+        if not (0.0 <= self.ema_decay < 1.0):
+            raise ValueError(f"ema_decay: must lie in [0, 1), got {self.ema_decay}")
         if self.align_batch < 2:
             raise ValueError(f"align_batch: must be >= 2 (the spread of the real features), got {self.align_batch}")
 

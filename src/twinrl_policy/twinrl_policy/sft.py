@@ -197,9 +197,20 @@ class SFTTrainer:
         self.policy = VisuomotorPolicy(model_cfg, norm)
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=sft_cfg.learning_rate,
                                            weight_decay=sft_cfg.weight_decay)
+        self.ema = None
+        if sft_cfg.ema_decay > 0:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.ema = AveragedModel(self.policy, multi_avg_fn=get_ema_multi_avg_fn(sft_cfg.ema_decay),
+                                     use_buffers=True)
         if state is not None:
             self.policy.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
+            if self.ema is not None:
+                if "ema" not in state:
+                    raise ValueError(f"{st}: training state has no moving average of the weights (sft.ema_decay); "
+                                     f"use another --out or --no-resume")
+                self.ema.load_state_dict(state["ema"])
             self.step = int(state["step"])
             self.losses = list(state["losses"])
             self.generator.set_state(state["generator"])
@@ -424,15 +435,24 @@ class SFTTrainer:
         objective.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.cfg.grad_clip))
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.policy)
         self.step += 1
         return float(loss.detach()), grad_norm, real_frac
+
+    @property
+    def trained_policy(self) -> VisuomotorPolicy:
+        """The weights a checkpoint holds: the moving average (``sft.ema_decay``) or the last step's."""
+        if self.ema is not None and self.step > 0:
+            return self.ema.module
+        return self.policy
 
     def save(self) -> str:
         meta = {"stage": "sft", "task": self.task, "step": self.step, "alpha": self.cfg.alpha,
                 "real_episodes": len(self.real.episodes), "twin_episodes": len(self.twin.episodes),
                 "align_weight": self.align_weight, "pair_episodes": len(self.pairs.episodes) if self.pairs else 0,
                 "final_loss": self.losses[-1] if self.losses else None}
-        sha = save_checkpoint(self.out, self.policy, version=self.version, metadata=meta)
+        sha = save_checkpoint(self.out, self.trained_policy, version=self.version, metadata=meta)
         st = state_path(self.out)
         tmp = st.with_name(f".{st.name}.{os.getpid()}.tmp")
         torch.save({"task": self.task, "step": self.step, "model": self.policy.state_dict(),
@@ -440,7 +460,8 @@ class SFTTrainer:
                     "model_config": to_dict(self.model_cfg), "sft_config": to_dict(self.cfg),
                     "norm_stats": self.policy.norm.to_dict(), "generator": self.generator.get_state(),
                     "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
-                    "python_rng": random.getstate()}, tmp)
+                    "python_rng": random.getstate(),
+                    **({"ema": self.ema.state_dict()} if self.ema is not None else {})}, tmp)
         os.replace(tmp, st)
         return sha
 
@@ -490,7 +511,7 @@ class SFTTrainer:
                 writer.close()
         elapsed = time.perf_counter() - t0
         rate = (self.step - s0) * self.cfg.batch_size / elapsed if self.step > s0 else float("nan")
-        fit = action_fit(self.policy, self.real if len(self.real) else self.twin, self.task)
+        fit = action_fit(self.trained_policy, self.real if len(self.real) else self.twin, self.task)
         if fit:
             self.log(format_action_fit(fit))
         if self.object_weight > 0:
