@@ -115,6 +115,19 @@ def test_beta_nll_scales_each_dimension_by_its_std(data, tmp_path):
         tiny_sft_config(nll_beta=-0.1).validate()
 
 
+def train_interrupted(trainer: SFTTrainer, at: int, monkeypatch) -> None:
+    """Train until step ``at``, where a Ctrl-C arrives (the trainer saves its state)."""
+    real_step = trainer.train_step
+
+    def interrupting_step():
+        if trainer.step == at:
+            raise KeyboardInterrupt
+        return real_step()
+    monkeypatch.setattr(trainer, "train_step", interrupting_step)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+
+
 @pytest.mark.parametrize("schedule,chunk", [("constant", 1), ("cosine", 1), ("cosine", 3)])
 def test_interrupted_training_resumes_exactly(data, tmp_path, monkeypatch, schedule, chunk):
     cfg = dict(steps=12, batch_size=8, save_every=4, log_every=4, lr_schedule=schedule, warmup_steps=2)
@@ -123,17 +136,8 @@ def test_interrupted_training_resumes_exactly(data, tmp_path, monkeypatch, sched
                           progress=False, log=lambda s: None)
     straight.train()
 
-    first = SFTTrainer(TASK, data, tmp_path / "b.ckpt", model, tiny_sft_config(**cfg),
-                       progress=False, log=lambda s: None)
-    real_step = first.train_step
-
-    def interrupting_step():
-        if first.step == 7:
-            raise KeyboardInterrupt
-        return real_step()
-    monkeypatch.setattr(first, "train_step", interrupting_step)
-    with pytest.raises(KeyboardInterrupt):
-        first.train()
+    train_interrupted(SFTTrainer(TASK, data, tmp_path / "b.ckpt", model, tiny_sft_config(**cfg),
+                                 progress=False, log=lambda s: None), 7, monkeypatch)
     assert torch.load(state_path(tmp_path / "b.ckpt"), weights_only=False)["step"] == 7
     logs = []
     resumed = SFTTrainer(TASK, data, tmp_path / "b.ckpt", model, tiny_sft_config(**cfg),
@@ -185,17 +189,8 @@ def test_moving_average_of_the_weights_is_checkpointed_and_resumes_exactly(data,
     straight = SFTTrainer(TASK, data, tmp_path / "b.ckpt", model, tiny_sft_config(**cfg), progress=False,
                           log=lambda s: None)
     straight.train()
-    first = SFTTrainer(TASK, data, tmp_path / "c.ckpt", model, tiny_sft_config(**cfg), progress=False,
-                       log=lambda s: None)
-    step = first.train_step
-
-    def interrupting_step():
-        if first.step == 5:
-            raise KeyboardInterrupt
-        return step()
-    monkeypatch.setattr(first, "train_step", interrupting_step)
-    with pytest.raises(KeyboardInterrupt):
-        first.train()
+    train_interrupted(SFTTrainer(TASK, data, tmp_path / "c.ckpt", model, tiny_sft_config(**cfg), progress=False,
+                                 log=lambda s: None), 5, monkeypatch)
     resumed = SFTTrainer(TASK, data, tmp_path / "c.ckpt", model, tiny_sft_config(**cfg), progress=False,
                          log=lambda s: None)
     assert resumed.step == 5
