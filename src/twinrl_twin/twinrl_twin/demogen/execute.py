@@ -34,8 +34,9 @@ def jitter_actions(actions: np.ndarray, noise: float, rng: np.random.Generator,
     (a'_k = a_k + n_k - n_{k-1}), as the sim expert's ``action_noise`` does. Steps that do not
     translate (under ``WAIT_STEP``: the path waits for the fingers) and the last step carry no
     offset, nor do the ``grip_quiet_steps`` steps before a gripper command change, the change
-    itself and as many after it (the hand stays on the path while the fingers close or open). ``press_limit`` (m) bounds the downward
-    offset (a held object is not pushed deeper into a surface than that)."""
+    itself and as many after it (the hand stays on the path while the fingers close or open).
+    ``press_limit`` (m) bounds the downward offset (a held object is not pushed deeper into a
+    surface than that)."""
     a = np.array(actions, dtype=float, copy=True)
     if noise <= 0 or len(a) == 0:
         return a
@@ -110,7 +111,7 @@ def execute_path(env, path: EEPath, configuration: dict, collision_check: Option
     ``unreachable`` (the env did not place the object where asked), ``collision`` or
     ``task_failed``. ``action_noise`` (m): the path is stepped with :func:`jitter_actions`
     (``rng``), so the episode holds the way back from small offsets (a downward offset at most
-    ``action_noise``; none in the ``grip_quiet_steps`` before a grasp or release).
+    ``action_noise``; none in the ``grip_quiet_steps`` around a grasp or release).
     ``wipe_passes``: a wiping path whose wipe left the twin's task undone goes over its strokes
     again (:func:`split_wipe`), up to that many passes in all, before the rest of the path."""
     if not isinstance(path, EEPath):
