@@ -4,9 +4,10 @@
 For each task: record one seed demonstration with the sim world's scripted expert (ID region),
 build a twin of the task from a simulated scan (ground-truth alignment) unless --twin-root has
 one, generate N ID + M OOD twin demos with each method on --workers processes, then replay
-every kept demo in the sim world (steered to its recorded targets; its actions alone too). Prints demos per minute (the paper builds a set of
-30-step twin demos in about a minute; the target here is >= 100 per minute on 2 cores), the
-twin candidate success rate, the rejections by reason, and the transfer rate (and the actions-alone rate).
+every kept demo in the sim world (steered to its recorded targets; by its actions alone too).
+Prints demos per minute (the paper builds a set of 30-step twin demos in about a minute; the
+target here is >= 100 per minute on 2 cores), the twin candidate success rate, the rejections
+by reason, and the transfer rate (the JSON rows also the actions-alone rate).
 
     python bench/demo_rate.py [--tasks pick_and_place insert_hexagon ...] [--methods affine plan]
                               [--n-id 30] [--n-ood 30] [--workers 2] [--seed 0] [--out DIR] [--json]
