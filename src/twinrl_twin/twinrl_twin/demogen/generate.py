@@ -54,7 +54,7 @@ class DemoGenConfig:
     render: bool = True
     in_hand_from_demo: bool = True      # insertion tasks: hold the object in the twin where the seed demo implies
     action_noise: float = 0.0           # m: jitter of the executed path, corrected the step after (execute.jitter_actions)
-    grip_quiet_steps: int = 3           # steps before a gripper change that action_noise leaves on the path
+    grip_quiet_steps: int = 3           # steps before and after a gripper change that action_noise leaves on the path
     wipe_passes: int = 3                # a wipe that left the twin's board unclean goes over its strokes again
     approach_error: float = 0.0         # m: radius of the approach's aim-off, corrected above the object (execute.offset_approach)
     planner: PlannerSettings = field(default_factory=PlannerSettings)
