@@ -117,6 +117,7 @@ class RenderConfig:
     max_point_pixels: float = 8.0
     lp_threads: int = 1
     far_field: bool = True          # draw the twin's far-field panorama behind everything (when it has one)
+    colour_map: bool = True         # apply the twin's colour calibration (twinrl_twin.colour_map) when it has one
 
     def validate(self) -> None:
         if not 0 <= self.ambient <= 2 or not 0 <= self.diffuse <= 2:
@@ -188,6 +189,7 @@ class TwinRenderer:
                  cfg: Optional[RenderConfig] = None):
         cfg = cfg or load_render_config()
         self.cfg = cfg
+        self.colour_map = assets.colour_map if cfg.colour_map else None
         self.background = tuple(cfg.background if cfg.background is not None
                                 else assets.background if assets.background is not None else DEFAULT_BACKGROUND)
         if cfg.lp_threads:
@@ -266,13 +268,19 @@ class TwinRenderer:
         self._static.clear()
 
     def render(self, camera_pose: np.ndarray, fovy: float, size: tuple[int, int], link_poses: dict,
-               object_pose: np.ndarray, fixture_pose: np.ndarray, static_camera: bool = False) -> np.ndarray:
+               object_pose: np.ndarray, fixture_pose: np.ndarray, static_camera: bool = False,
+               camera: Optional[str] = None) -> np.ndarray:
         """One image. ``camera_pose``: 4x4 camera-to-base (OpenGL axes); ``link_poses``:
         link name -> 4x4; object/fixture poses 4x4 in the base frame. With ``static_camera``
         the point layer (scene + fixture) is rendered once per camera and fixture pose and
-        reused (colour and depth), so a fixed camera only draws the meshes per frame."""
+        reused (colour and depth), so a fixed camera only draws the meshes per frame.
+        ``camera``: the camera's name, whose colour calibration is applied when the twin has
+        one (``RenderConfig.colour_map``)."""
         with self.ctx:          # make this context current (another GL user may share the thread)
-            return self._render(camera_pose, fovy, size, link_poses, object_pose, fixture_pose, static_camera)
+            img = self._render(camera_pose, fovy, size, link_poses, object_pose, fixture_pose, static_camera)
+        if camera is not None and self.colour_map is not None:
+            img = self.colour_map.apply(camera, img)
+        return img
 
     def _draw_points(self, view, vp, fovy, h, fixture_pose) -> None:
         if self.far is not None:        # behind everything: no depth test, no depth written

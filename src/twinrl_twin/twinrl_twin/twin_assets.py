@@ -28,6 +28,8 @@ sibling + rename). Layout::
     robot_meshes.npz     <link>.vertices / <link>.faces / <link>.colors (link frame)
     far_field.npz        panorama (H, 2H, 3) uint8, rows elevation -90..90 deg, columns azimuth
                          -180..180 deg about the base z axis (optional)
+    colour_map.npz       colour calibration of the cameras against the real ones (optional,
+                         written by `twinrl twin calibrate`; twinrl_twin.colour_map)
     preview.png          both cameras at the scanned configuration
 
 :func:`load_twin` checks all of it and raises :class:`TwinAssetError` naming the bad file.
@@ -41,7 +43,7 @@ import shutil
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -50,6 +52,7 @@ from twinrl_bringup.config import load_config, resolve_config_path
 
 TWIN_FORMAT_VERSION = 1
 TWIN_FILE = "twin.json"
+COLOUR_MAP_FILE = "colour_map.npz"
 FILES = ("scene_points.npz", "surface_mesh.npz", "fixture_points.npz", "object_mesh.npz", "fixture_mesh.npz",
          "robot_meshes.npz")
 
@@ -152,6 +155,7 @@ class TwinAssets:
     meta: dict = field(default_factory=dict)
     background: Optional[tuple[float, float, float]] = None   # RGB 0..1; None: twins built before it was kept
     far_field: Optional[np.ndarray] = None     # (H, 2H, 3) uint8 panorama (module doc); None: none
+    colour_map: Optional[Any] = None           # twinrl_twin.colour_map.ColourMap (colour_map.npz); None: none
 
 
 # -- building -----------------------------------------------------------------------------------
@@ -619,6 +623,15 @@ def load_twin(path) -> TwinAssets:
                 or far_field.shape[1] != 2 * far_field.shape[0] or far_field.shape[0] < 4:
             raise TwinAssetError(path, f"panorama must be (H, 2H, 3) uint8 with H >= 4, got "
                                        f"{far_field.shape} {far_field.dtype}")
+    colour_map = None
+    cm_path = root / COLOUR_MAP_FILE
+    if cm_path.is_file():
+        from .colour_map import ColourMapError, load_colour_map
+
+        try:
+            colour_map = load_colour_map(cm_path)
+        except ColourMapError as exc:
+            raise TwinAssetError(cm_path, str(exc).removeprefix(f"{cm_path}: ")) from exc
     obj = _load_npz(root / "object_mesh.npz", ("vertices", "faces", "colors"))
     fix = _load_npz(root / "fixture_mesh.npz", ("vertices", "faces", "colors"))
     srf = _load_npz(root / "surface_mesh.npz", ("vertices", "faces", "colors"))
@@ -642,4 +655,4 @@ def load_twin(path) -> TwinAssets:
         fixture_points=_cloud(root / "fixture_points.npz"),
         object_mesh=_mesh(root / "object_mesh.npz", obj["vertices"], obj["faces"], obj["colors"], "object"),
         fixture_mesh=_mesh(root / "fixture_mesh.npz", fix["vertices"], fix["faces"], fix["colors"], "fixture"),
-        robot=robot, meta=meta, background=background, far_field=far_field)
+        robot=robot, meta=meta, background=background, far_field=far_field, colour_map=colour_map)

@@ -2,6 +2,7 @@
 
     twinrl twin build --scan scans/pp --task pick_and_place --out twins/pp [--groundtruth-alignment] [--json]
     twinrl twin rollout --twin twins/pp --policy expert --episodes 20 [--workers 2] [--json]
+    twinrl twin calibrate --twin twins/pp --demos data/real_demos [--pairs DIR] [--levels 16] [--json]
 """
 from __future__ import annotations
 
@@ -37,6 +38,15 @@ def add_parsers(sub) -> None:
     r.add_argument("--no-render", action="store_true", help="skip the camera images (state only)")
     r.add_argument("--json", action="store_true", help="print one JSON summary on the last line")
     r.set_defaults(func=cmd_rollout)
+
+    c = sub.add_parser("calibrate", help="colour-calibrate the twin's cameras against real demos replayed in it")
+    c.add_argument("--twin", required=True, type=Path, help="twin directory (twinrl twin build); gets colour_map.npz")
+    c.add_argument("--demos", required=True, nargs="+", type=Path, help="real demos with images (datasets or files)")
+    c.add_argument("--pairs", type=Path, default=None, help="keep the twin replays of the demos here")
+    c.add_argument("--levels", type=int, default=16, help="colour bins per channel (4, 8, 16, 32 or 64)")
+    c.add_argument("--min-samples", type=int, default=50, help="pixels a colour bin needs to be corrected")
+    c.add_argument("--json", action="store_true", help="print a JSON report on the last line")
+    c.set_defaults(func=cmd_calibrate)
 
 
 def cmd_build(args) -> int:
@@ -94,4 +104,27 @@ def cmd_rollout(args) -> int:
             print(f"  {reg:>3}: {v['successes']}/{v['episodes']} = {v['success_rate']:.3f}")
     if args.json:
         print(json.dumps(summary))
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from twinrl_bringup.dataset import DatasetError
+
+    from .colour_map import ColourMapError, FitConfig, calibrate_twin
+    from .twin_assets import TwinAssetError
+
+    try:
+        report = calibrate_twin(args.twin, [str(d) for d in args.demos], args.pairs,
+                                FitConfig(levels=args.levels, min_samples=args.min_samples),
+                                progress=sys.stderr.isatty() or not args.json)
+    except (ColourMapError, DatasetError, TwinAssetError, ValueError, FileNotFoundError) as exc:
+        print(f"twinrl twin calibrate: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"colour map written to {report['colour_map']} ({report['pairs']} demos replayed in the twin, "
+          f"{report['levels']} levels per channel); overlay {report['overlay']}")
+    for cam, v in report["cameras"].items():
+        print(f"  {cam:<13} mean |twin - real| {v['mean_abs_diff_before']:.1f} -> {v['mean_abs_diff_after']:.1f} "
+              f"({v['bins']} colour bins, {v['pixels']} pixels)")
+    if args.json:
+        print(json.dumps(report))
     return 0

@@ -497,7 +497,7 @@ class TwinEnv:
                 Tp[:3, 3] = d.xpos[bid]
                 T = Tp @ self.cam_local[name]
             out[name] = self.renderer.render(T, cam.fovy, (cam.width, cam.height), links, self._T_obj, fixture,
-                                             static_camera=parent == "world")
+                                             static_camera=parent == "world", camera=name)
         return out
 
     def _ink_point_index(self) -> Optional[np.ndarray]:

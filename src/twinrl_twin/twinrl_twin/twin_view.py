@@ -204,7 +204,7 @@ class TwinView:
             for n in names:
                 c = self.cameras[n]
                 out[n] = self.renderer.render(self.camera_pose(n, links), c.fovy, (c.width, c.height), links, obj,
-                                              fix, static_camera=c.parent == "world")
+                                              fix, static_camera=c.parent == "world", camera=n)
         return out
 
     def robot_mesh(self, link_poses: dict):
