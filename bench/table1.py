@@ -11,7 +11,11 @@ feature-alignment loss (``sft.align_weight``, config/policy.yaml; ``--set sft.al
 turns it off). ``--action-noise M`` records the real demos with a jittering expert (stage I then
 starts from a steady demo of the first real demo's start); ``--twin-action-noise M`` jitters the
 twin demos' execution the same way (docs/policy.md, "A jittering hand in the demos");
-``--twin-approach-error M`` aims each twin demo's approach off and back (demogen approach_error). Prints ID,
+``--twin-approach-error M`` aims each twin demo's approach off and back (demogen approach_error).
+Before stage I the twin is colour-calibrated against the real demos (``twinrl twin calibrate``,
+docs/twin.md; into a calibrated copy of the twin, ``twin_<task>_cm_...``);
+``--no-colour-map`` leaves the twin's colours as drawn (its twin demos, pairs, twin-mix
+checkpoints and results get ``_nocm`` in their names). Prints ID,
 OOD and average success rates with deltas against real-only, and writes ``table1_<task>.json``,
 ``table1_<task>.png`` (SR per mix) and one heatmap per mix to --out.
 
@@ -19,7 +23,7 @@ OOD and average success rates with deltas against real-only, and writes ``table1
         [--rollouts-per-cell 2] [--image-size 128,64] [--mixes 0/0 30/30 60/30 30/60]
         [--method affine] [--seeds 1] [--workers 2] [--root DIR] [--out DIR] [--json]
         [--post-success-steps K] [--action-noise M] [--twin-action-noise M] [--twin-approach-error M]
-        [--set model.KEY=V ...]
+        [--no-colour-map] [--set model.KEY=V ...]
 
 Everything (demos, twin, checkpoints) is kept under --root (default: a directory under the
 system temp dir named after the task), so a second run reuses what is there: the same
@@ -116,6 +120,22 @@ def twin_pools(twin_dir: Path) -> dict[str, list]:
     return out
 
 
+def calibrated_twin(twin: Path, real: Path, out: Path, progress: bool) -> Path:
+    """A copy of ``twin`` colour-calibrated against the real demos (twinrl twin calibrate); reused."""
+    from twinrl_twin.colour_map import calibrate_twin
+    from twinrl_twin.twin_assets import COLOUR_MAP_FILE
+
+    if (out / COLOUR_MAP_FILE).is_file():
+        return out
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(twin, out)
+    rep = calibrate_twin(out, [str(real)], progress=progress)
+    print("colour map: " + ", ".join(f"{c} |twin - real| {v['mean_abs_diff_before']:.1f} -> "
+                                      f"{v['mean_abs_diff_after']:.1f}" for c, v in rep["cameras"].items()), flush=True)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", required=True, choices=TASKS)
@@ -153,6 +173,9 @@ def main() -> int:
     ap.add_argument("--twin-approach-error", type=float, default=0.0, metavar="M",
                     help="stage I aims each twin demo's approach off by up to M (m, horizontal) and "
                          "corrects it above the object (demogen approach_error)")
+    ap.add_argument("--no-colour-map", dest="colour_map", action="store_false",
+                    help="leave the twin's colours as drawn: no colour calibration against the real demos "
+                         "(twinrl twin calibrate) before stage I and the pairs")
     ap.add_argument("--set", action="append", default=[], metavar="model.KEY=V|sft.KEY=V",
                     help="policy / SFT config override for every mix (e.g. sft.object_aux_weight=1.0); "
                          "checkpoints of runs with overrides get their own names")
@@ -183,6 +206,8 @@ def main() -> int:
     twin_jitter = f"_tn{args.twin_action_noise * 1000:g}mm" if args.twin_action_noise else ""
     if args.twin_approach_error:
         twin_jitter += f"_ta{args.twin_approach_error * 1000:g}mm"
+    if not args.colour_map:
+        twin_jitter += "_nocm"
     twin_post = post + twin_jitter
     real = record_demos(args.task, root / f"real_{args.real}_{tag}_s{args.seed}{post}", args.real, "id",
                         seed=10_000 + args.seed, image_size=size, progress=progress,
@@ -206,6 +231,8 @@ def main() -> int:
     pools = {"id": [], "ood": []}
     if n_id or n_ood:
         twin = build_twin(args.task, root)
+        if args.colour_map:
+            twin = calibrated_twin(twin, real, root / f"{twin.name}_cm_{tag}_s{args.seed}{post}", progress)
         twin_dir = root / f"twin_demos_{args.method}_{tag}_s{args.seed}{twin_post}"
         pools = twin_pools(twin_dir) if twin_dir.exists() else pools
         # every slot is needed: more tries per slot than the product's default (the first tries
@@ -247,7 +274,7 @@ def main() -> int:
         # the real demos replayed in the twin: pairs for the feature-alignment loss (twin mixes only)
         from twinrl_twin.demogen.replay import pair_demos
 
-        pdir = root / f"pairs_{tag}_s{args.seed}{post}"
+        pdir = root / f"pairs_{tag}_s{args.seed}{post}{'' if args.colour_map else '_nocm'}"
         if not pdir.exists() or len(Dataset(pdir)) < args.real:
             if pdir.exists():
                 shutil.rmtree(pdir)

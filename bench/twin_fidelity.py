@@ -8,11 +8,13 @@ scripted expert runs the episode and the twin receives the same actions; at the 
 ``--steps`` both cameras of both worlds are compared: mean absolute difference (0-255) and
 PSNR (dB), per camera. With ``--peer`` a second twin is built from the same scan with the
 older flat grey clear colour (no far-field panorama) and measured the same way; the ratio
-twin / peer is printed. An overlay PNG (sim | twin | |difference| per camera, one row per
+twin / peer is printed. With ``--calibrate N`` the sim's expert records N ID demos (other
+starts than the measured ones), a copy of the twin is colour-calibrated against them
+(``twinrl twin calibrate``) and measured too; the ratio calibrated / twin is printed. An overlay PNG (sim | twin | |difference| per camera, one row per
 configuration) is written to --out.
 
     python bench/twin_fidelity.py [--task pick_and_place] [--twin DIR] [--configs 6]
-        [--steps 0 20 40] [--image-size 256,128] [--peer] [--out DIR] [--json]
+        [--steps 0 20 40] [--image-size 256,128] [--peer] [--calibrate N] [--out DIR] [--json]
 
 Without --twin a simulated scan of the task is made and a twin is built from it (ground-truth
 alignment) under a temporary directory.
@@ -28,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import build_twin, camera_overrides
+from common import build_twin, camera_overrides, record_demos
 
 CAMERAS = ("third_person", "wrist")
 
@@ -100,6 +102,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, nargs="+", default=[0, 20, 40], help="episode steps compared")
     ap.add_argument("--image-size", default="256,128", help="third-person,wrist square sizes")
     ap.add_argument("--peer", action="store_true", help="also measure a twin with a flat grey clear colour")
+    ap.add_argument("--calibrate", type=int, default=0, metavar="N",
+                    help="also measure a copy of the twin colour-calibrated against N sim expert demos")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -124,6 +128,19 @@ def main() -> int:
         build(scan, peer, args.task, load_groundtruth(scan).scan_to_base, "groundtruth", cfg=cfg, preview=False,
               overwrite=True)
         variants.append(("peer (flat grey background)", peer))
+    calibrated = None
+    if args.calibrate:
+        import shutil
+
+        from twinrl_twin.colour_map import calibrate_twin
+
+        demos = record_demos(args.task, root / "calibration_demos", args.calibrate, "id", seed=50_000,
+                             image_size=size, progress=progress)
+        cal = root / "twin_calibrated"
+        shutil.copytree(twin, cal)
+        calibrate_twin(cal, [str(demos)], progress=progress)
+        calibrated = f"colour-calibrated ({args.calibrate} demos)"
+        variants.append((calibrated, cal))
     for name, d in variants:
         stats, rows = measure(args.task, d, args.configs, steps, size, progress)
         results[name] = {c: {"mean_abs_diff": float(np.mean([s[0] for s in v])),
@@ -141,6 +158,10 @@ def main() -> int:
         for c in CAMERAS:
             ratio = results["twin"][c]["mean_abs_diff"] / max(results[peer_name][c]["mean_abs_diff"], 1e-9)
             print(f"ratio twin / peer, {c}: {ratio:.2f}")
+    if calibrated:
+        for c in CAMERAS:
+            ratio = results[calibrated][c]["mean_abs_diff"] / max(results["twin"][c]["mean_abs_diff"], 1e-9)
+            print(f"ratio calibrated / twin, {c}: {ratio:.2f}")
     print(f"overlay: {out / f'twin_fidelity_{args.task}.png'}")
     if args.json:
         print(json.dumps({"task": args.task, "twin": str(twin), "configs": args.configs, "steps": steps,
