@@ -12,10 +12,9 @@ turns it off). ``--action-noise M`` records the real demos with a jittering expe
 starts from a steady demo of the first real demo's start); ``--twin-action-noise M`` jitters the
 twin demos' execution the same way (docs/policy.md, "A jittering hand in the demos");
 ``--twin-approach-error M`` aims each twin demo's approach off and back (demogen approach_error).
-Before stage I the twin is colour-calibrated against the real demos (``twinrl twin calibrate``,
-docs/twin.md; into a calibrated copy of the twin, ``twin_<task>_cm_...``);
-``--no-colour-map`` leaves the twin's colours as drawn (its twin demos, pairs, twin-mix
-checkpoints and results get ``_nocm`` in their names). Prints ID,
+``--colour-map`` colour-calibrates a copy of the twin (``twin_<task>_cm_...``) against the real
+demos before stage I and the pairs (``twinrl twin calibrate``, docs/twin.md; its twin demos,
+pairs, twin-mix checkpoints and results get ``_cm`` in their names). Prints ID,
 OOD and average success rates with deltas against real-only, and writes ``table1_<task>.json``,
 ``table1_<task>.png`` (SR per mix) and one heatmap per mix to --out.
 
@@ -23,7 +22,7 @@ OOD and average success rates with deltas against real-only, and writes ``table1
         [--rollouts-per-cell 2] [--image-size 128,64] [--mixes 0/0 30/30 60/30 30/60]
         [--method affine] [--seeds 1] [--workers 2] [--root DIR] [--out DIR] [--json]
         [--post-success-steps K] [--action-noise M] [--twin-action-noise M] [--twin-approach-error M]
-        [--no-colour-map] [--set model.KEY=V ...]
+        [--colour-map] [--set model.KEY=V ...]
 
 Everything (demos, twin, checkpoints) is kept under --root (default: a directory under the
 system temp dir named after the task), so a second run reuses what is there: the same
@@ -173,9 +172,9 @@ def main() -> int:
     ap.add_argument("--twin-approach-error", type=float, default=0.0, metavar="M",
                     help="stage I aims each twin demo's approach off by up to M (m, horizontal) and "
                          "corrects it above the object (demogen approach_error)")
-    ap.add_argument("--no-colour-map", dest="colour_map", action="store_false",
-                    help="leave the twin's colours as drawn: no colour calibration against the real demos "
-                         "(twinrl twin calibrate) before stage I and the pairs")
+    ap.add_argument("--colour-map", action="store_true",
+                    help="colour-calibrate the twin against the real demos (twinrl twin calibrate) before "
+                         "stage I and the pairs; its twin demos, pairs, checkpoints and results get _cm")
     ap.add_argument("--set", action="append", default=[], metavar="model.KEY=V|sft.KEY=V",
                     help="policy / SFT config override for every mix (e.g. sft.object_aux_weight=1.0); "
                          "checkpoints of runs with overrides get their own names")
@@ -206,8 +205,8 @@ def main() -> int:
     twin_jitter = f"_tn{args.twin_action_noise * 1000:g}mm" if args.twin_action_noise else ""
     if args.twin_approach_error:
         twin_jitter += f"_ta{args.twin_approach_error * 1000:g}mm"
-    if not args.colour_map:
-        twin_jitter += "_nocm"
+    if args.colour_map:
+        twin_jitter += "_cm"
     twin_post = post + twin_jitter
     real = record_demos(args.task, root / f"real_{args.real}_{tag}_s{args.seed}{post}", args.real, "id",
                         seed=10_000 + args.seed, image_size=size, progress=progress,
@@ -274,7 +273,7 @@ def main() -> int:
         # the real demos replayed in the twin: pairs for the feature-alignment loss (twin mixes only)
         from twinrl_twin.demogen.replay import pair_demos
 
-        pdir = root / f"pairs_{tag}_s{args.seed}{post}{'' if args.colour_map else '_nocm'}"
+        pdir = root / f"pairs_{tag}_s{args.seed}{post}{'_cm' if args.colour_map else ''}"
         if not pdir.exists() or len(Dataset(pdir)) < args.real:
             if pdir.exists():
                 shutil.rmtree(pdir)

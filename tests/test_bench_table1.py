@@ -51,10 +51,7 @@ def test_table1_tiny_run(tmp_path, ros_env):
     assert "pairs: 2 real demos replayed in the twin" in r.stdout
     assert "paired feature alignment on" in r.stderr and "paired twin/real feature distance" in r.stderr
     assert len(Dataset(next((tmp_path / "w").glob("pairs_*")))) == 2
-    # stage I and the pairs ran in a copy of the twin colour-calibrated on the real demos
-    assert "colour map: third_person |twin - real|" in r.stdout
-    assert (tmp_path / "w" / "twin_pick_and_place_cm_64x32_s0" / "colour_map.npz").is_file()
-    assert not (tmp_path / "w" / "twin_pick_and_place" / "colour_map.npz").exists()
+    assert "colour map" not in r.stdout and not list((tmp_path / "w").glob("twin_*_cm_*"))
     r3 = subprocess.run(cmd[:cmd.index("--mixes")] + ["--mixes", "2/1", "--seeds", "1", "--set", "sft.align_weight=0"]
                         + cmd[cmd.index("--steps"):], env=ros_env, capture_output=True, text=True, timeout=600)
     assert r3.returncode == 0, r3.stdout[-3000:] + r3.stderr[-3000:]
@@ -80,9 +77,9 @@ def test_table1_tiny_run(tmp_path, ros_env):
     assert "trained with another model or SFT config" in r4.stderr and "SFT pick_and_place" in r4.stderr
     # real demos with a jittering expert (--action-noise): stage I starts from a steady demo of
     # the first real demo's start, not from that jittered demo; --twin-action-noise jitters the
-    # twin demos' execution; --no-colour-map leaves the twin's colours as drawn
+    # twin demos' execution; --colour-map calibrates the twin's colours first
     r5 = subprocess.run(cmd[:cmd.index("--mixes")] + ["--mixes", "2/1", "--seeds", "1", "--action-noise", "0.003",
-                                                      "--twin-action-noise", "0.002", "--no-colour-map"]
+                                                      "--twin-action-noise", "0.002", "--colour-map"]
                         + cmd[cmd.index("--steps"):], env=ros_env, capture_output=True, text=True, timeout=600)
     assert r5.returncode == 0, r5.stdout[-3000:] + r5.stderr[-3000:]
     noisy = Dataset(next((tmp_path / "w").glob("real_2_*_an3mm")))
@@ -95,13 +92,17 @@ def test_table1_tiny_run(tmp_path, ros_env):
     seed = load_episode(steady.path(0), images=False)
     assert first.extra["action_noise"] == 0.003 and seed.extra["action_noise"] == 0.0
     assert first.initial_configuration == seed.initial_configuration
-    twin_demos = Dataset(next((tmp_path / "w").glob("twin_demos_*_an3mm_tn2mm_nocm")))
+    twin_demos = Dataset(next((tmp_path / "w").glob("twin_demos_*_an3mm_tn2mm_cm")))
     extras = [load_episode(twin_demos.path(i), images=False).extra for i in range(len(twin_demos))]
     assert {e["seed_demo"] for e in extras} == {seed.episode_id}
     assert {e["action_noise"] for e in extras} == {0.002}
-    assert len(list((tmp_path / "w").glob("sft_2_1_*_an3mm_tn2mm_nocm_5_s0.ckpt"))) == 1
-    # --no-colour-map: the pairs come from the twin as drawn, in a directory of their own
-    assert len(list((tmp_path / "w").glob("pairs_*_an3mm_nocm"))) == 1
+    assert len(list((tmp_path / "w").glob("sft_2_1_*_an3mm_tn2mm_cm_5_s0.ckpt"))) == 1
+    # --colour-map: stage I and the pairs ran in a copy of the twin colour-calibrated on the
+    # real demos (the pairs in a directory of their own); the twin itself is left as built
+    assert "colour map: third_person |twin - real|" in r5.stdout
+    assert (tmp_path / "w" / "twin_pick_and_place_cm_64x32_s0_an3mm" / "colour_map.npz").is_file()
+    assert not (tmp_path / "w" / "twin_pick_and_place" / "colour_map.npz").exists()
+    assert len(list((tmp_path / "w").glob("pairs_*_an3mm_cm"))) == 1
 
 
 def test_table1_rejects_a_bad_mix_or_seed_count(ros_env):
