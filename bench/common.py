@@ -4,6 +4,7 @@
 scan's ground truth (what a lab gets after scanning and aligning its cell). ``record_seed``:
 the first successful scripted-expert episode from ``seed`` on (the one "real" demo stage I
 starts from). ``record_demos``: N successful expert episodes of a region as a dataset.
+``calibrated_twin``: a copy of a twin colour-calibrated against demos (twinrl twin calibrate).
 """
 from __future__ import annotations
 
@@ -31,6 +32,26 @@ def build_twin(task: str, root: Path) -> Path:
     if not scan.exists():
         simulate_scan(task, scan, frames=8, seed=1, progress=False)
     build(scan, out, task, load_groundtruth(scan).scan_to_base, "groundtruth", preview=False, overwrite=True)
+    return out
+
+
+def calibrated_twin(twin: Path, demos: Path, out: Path, progress: bool = False) -> Path:
+    """A copy of ``twin`` at ``out``, colour-calibrated against ``demos`` (``twinrl twin
+    calibrate``); an ``out`` that already holds a colour map is reused. Prints the before/after."""
+    import shutil
+
+    from twinrl_twin.colour_map import calibrate_twin
+    from twinrl_twin.twin_assets import COLOUR_MAP_FILE
+
+    out = Path(out)
+    if (out / COLOUR_MAP_FILE).is_file():
+        return out
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(twin, out)
+    rep = calibrate_twin(out, [str(demos)], progress=progress)
+    print("colour map: " + ", ".join(f"{c} |twin - real| {v['mean_abs_diff_before']:.1f} -> "
+                                      f"{v['mean_abs_diff_after']:.1f}" for c, v in rep["cameras"].items()), flush=True)
     return out
 
 

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import build_twin, camera_overrides, first_demo, record_demos
+from common import build_twin, calibrated_twin, camera_overrides, first_demo, record_demos
 
 TASKS = ["pick_and_place", "insert_hexagon", "insert_triple_column", "erase_whiteboard"]
 
@@ -116,22 +116,6 @@ def twin_pools(twin_dir: Path) -> dict[str, list]:
     for i, entry in enumerate(d.entries):
         if entry.get("success") and entry.get("region") in out:
             out[entry["region"]].append(d.path(i))
-    return out
-
-
-def calibrated_twin(twin: Path, real: Path, out: Path, progress: bool) -> Path:
-    """A copy of ``twin`` colour-calibrated against the real demos (twinrl twin calibrate); reused."""
-    from twinrl_twin.colour_map import calibrate_twin
-    from twinrl_twin.twin_assets import COLOUR_MAP_FILE
-
-    if (out / COLOUR_MAP_FILE).is_file():
-        return out
-    if out.exists():
-        shutil.rmtree(out)
-    shutil.copytree(twin, out)
-    rep = calibrate_twin(out, [str(real)], progress=progress)
-    print("colour map: " + ", ".join(f"{c} |twin - real| {v['mean_abs_diff_before']:.1f} -> "
-                                      f"{v['mean_abs_diff_after']:.1f}" for c, v in rep["cameras"].items()), flush=True)
     return out
 
 

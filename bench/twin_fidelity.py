@@ -10,8 +10,9 @@ PSNR (dB), per camera. With ``--peer`` a second twin is built from the same scan
 older flat grey clear colour (no far-field panorama) and measured the same way; the ratio
 twin / peer is printed. With ``--calibrate N`` the sim's expert records N ID demos (other
 starts than the measured ones), a copy of the twin is colour-calibrated against them
-(``twinrl twin calibrate``) and measured too; the ratio calibrated / twin is printed. An overlay PNG (sim | twin | |difference| per camera, one row per
-configuration) is written to --out.
+(``twinrl twin calibrate``) and measured too; the ratio calibrated / twin is printed. An
+overlay PNG (sim | twin | |difference| per camera, one row per configuration) is written to
+--out.
 
     python bench/twin_fidelity.py [--task pick_and_place] [--twin DIR] [--configs 6]
         [--steps 0 20 40] [--image-size 256,128] [--peer] [--calibrate N] [--out DIR] [--json]
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import build_twin, camera_overrides, record_demos
+from common import build_twin, calibrated_twin, camera_overrides, record_demos
 
 CAMERAS = ("third_person", "wrist")
 
@@ -130,15 +131,9 @@ def main() -> int:
         variants.append(("peer (flat grey background)", peer))
     calibrated = None
     if args.calibrate:
-        import shutil
-
-        from twinrl_twin.colour_map import calibrate_twin
-
         demos = record_demos(args.task, root / "calibration_demos", args.calibrate, "id", seed=50_000,
                              image_size=size, progress=progress)
-        cal = root / "twin_calibrated"
-        shutil.copytree(twin, cal)
-        calibrate_twin(cal, [str(demos)], progress=progress)
+        cal = calibrated_twin(Path(twin), demos, root / "twin_calibrated", progress)
         calibrated = f"colour-calibrated ({args.calibrate} demos)"
         variants.append((calibrated, cal))
     for name, d in variants:
