@@ -245,6 +245,9 @@ def calibrate_twin(twin_dir, demos, pairs_out=None, cfg: Optional[FitConfig] = N
 
     cfg = cfg or FitConfig()
     cfg.validate()
+    if pairs_out is not None and Path(pairs_out).exists() and any(Path(pairs_out).iterdir()):
+        raise ColourMapError(f"colour map: {pairs_out} is not empty (pairs would mix with older ones); "
+                             "give a new directory")
     twin_dir = Path(twin_dir)
     assets = load_twin(twin_dir)
     assets.colour_map = None
@@ -256,9 +259,6 @@ def calibrate_twin(twin_dir, demos, pairs_out=None, cfg: Optional[FitConfig] = N
         raise ColourMapError(f"colour map: {paths[0]} has no camera images to calibrate against")
     sizes = {c: first.observations[c].shape[1:3] for c in ("third_person", "wrist")}
     over = {f"{c}.{k}": int(v) for c, (h, w) in sizes.items() for k, v in (("height", h), ("width", w))}
-    if pairs_out is not None and Path(pairs_out).exists() and any(Path(pairs_out).iterdir()):
-        raise ColourMapError(f"colour map: {pairs_out} is not empty (pairs would mix with older ones); "
-                             "give a new directory")
     tmp = None
     if pairs_out is None:
         tmp = tempfile.mkdtemp(prefix="twinrl-calibrate-")
