@@ -293,6 +293,32 @@ def test_images_show_the_scanned_scene(twins):
         env.close()
 
 
+def test_wrist_image_does_not_depend_on_the_third_person_cameras_size(twins):
+    """moderngl keeps a viewport per framebuffer: setting it before binding the wrist's once
+    left the wrist drawing its points, support surface and far field at the third-person
+    camera's scale (the plate's splats beside its mesh, holes of the table elsewhere)."""
+    from twinrl_twin.twin_env import make_twin_env
+
+    wrists = []
+    for third in (96, 48):
+        over = {"third_person.width": third, "third_person.height": third, "wrist.width": 48, "wrist.height": 48}
+        env = make_twin_env(twins("pick_and_place"), render=True, camera_overrides=over)
+        try:
+            obs, info = env.reset(seed=0, options={"cell": (1, 1)})
+            expert = env.expert()
+            for _ in range(45):            # over the plate, the block in hand
+                obs, _, term, trunc, info = env.step(expert.act(obs, info))
+            assert info["grasped"]
+            first = env.render_cameras()["wrist"]
+            second = env.render_cameras()["wrist"]
+            assert np.array_equal(first, second), "the wrist image changed between two renders of one state"
+            wrists.append(second)
+        finally:
+            env.close()
+    diff = np.abs(wrists[0].astype(int) - wrists[1].astype(int)).max(axis=2)
+    assert (diff > 10).mean() == 0, f"{(diff > 10).mean():.1%} of the wrist pixels depend on the third-person size"
+
+
 def _board_crop(env, img):
     """Pixels of ``img`` (third-person) inside the projection of the whiteboard's top."""
     from twinrl_bringup import transforms as tf

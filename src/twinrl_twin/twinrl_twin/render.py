@@ -310,7 +310,10 @@ class TwinRenderer:
     def _render(self, camera_pose, fovy, size, link_poses, object_pose, fixture_pose, static_camera) -> np.ndarray:
         w, h = size
         fbo = self.fbos[(w, h)]
-        self.ctx.viewport = (0, 0, w, h)
+        # moderngl keeps a viewport per framebuffer and ``ctx.viewport = ...`` sets the bound
+        # one's: always bind first, then set it (setting it before binding changed the previous
+        # camera's framebuffer, and a wrist camera smaller than the third-person one then drew
+        # its points, support surface and far field at the other camera's scale)
         view = np.linalg.inv(camera_pose)
         vp = perspective(fovy, w / h) @ view
         if static_camera:
@@ -331,11 +334,12 @@ class TwinRenderer:
                 self._static[key] = layer
             self.ctx.copy_framebuffer(fbo, layer)
             fbo.use()
+            self.ctx.viewport = (0, 0, w, h)
         else:
             fbo.use()
+            self.ctx.viewport = (0, 0, w, h)
             fbo.clear(*self.background, 1.0, depth=1.0)
             self._draw_points(view, vp, fovy, h, fixture_pose)
-        self.ctx.viewport = (0, 0, w, h)        # framebuffer switches do not always restore it
         models = self._models
         models[0] = object_pose
         models[1] = fixture_pose
