@@ -240,7 +240,7 @@ def calibrate_twin(twin_dir, demos, pairs_out=None, cfg: Optional[FitConfig] = N
 
     from twinrl_bringup import dataset as ds
 
-    from .demogen.replay import _episode_paths, pair_demos
+    from .demogen.replay import episode_paths, pair_demos
     from .twin_assets import COLOUR_MAP_FILE, load_twin
 
     cfg = cfg or FitConfig()
@@ -251,7 +251,7 @@ def calibrate_twin(twin_dir, demos, pairs_out=None, cfg: Optional[FitConfig] = N
     twin_dir = Path(twin_dir)
     assets = load_twin(twin_dir)
     assets.colour_map = None
-    paths = _episode_paths(demos)
+    paths = episode_paths(demos)
     if not paths:
         raise ColourMapError(f"colour map: no episodes in {demos}")
     first = ds.load_episode(paths[0])

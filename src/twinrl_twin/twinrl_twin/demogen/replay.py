@@ -34,7 +34,7 @@ from twinrl_bringup.safety import action_towards
 _ENVS: dict = {}
 
 
-def _episode_paths(source) -> list[Path]:
+def episode_paths(source) -> list[Path]:
     """Episode files from a dataset directory, a file, or a list of either."""
     items = source if isinstance(source, (list, tuple)) else [source]
     out: list[Path] = []
@@ -140,7 +140,7 @@ def transfer_rate(source, workers: int = 1, settle_steps: int = 10, progress: bo
     """Every episode of ``source`` (dataset dir(s) / files) replayed in the sim world: steered to
     its recorded commanded targets where it has them (``transfer_rate``; ``steered`` counts
     them), by its actions where not, and by its actions alone (``open_loop_rate``)."""
-    paths = _episode_paths(source)
+    paths = episode_paths(source)
     if not paths:
         raise ValueError(f"no episodes in {source}")
     jobs = [(p, settle_steps) for p in paths]
@@ -188,7 +188,7 @@ def pair_demos(twin, demos, out, settle_steps: int = 0, camera_overrides: Option
     and write the twin episode with its observations to ``out``, linked to the original."""
     from ..twin_env import make_twin_env
 
-    paths = _episode_paths(demos)
+    paths = episode_paths(demos)
     if not paths:
         raise ValueError(f"no episodes in {demos}")
     writer = ds.DatasetWriter(out)
