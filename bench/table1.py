@@ -93,13 +93,14 @@ def training_status(ckpt: Path, model_cfg, sft_cfg) -> str:
 
     from twinrl_bringup.config import to_dict
     from twinrl_policy.checkpoint import CheckpointError, load_checkpoint
-    from twinrl_policy.sft import state_path
+    from twinrl_policy.sft import saved_sft_config, state_path
 
     try:
         if load_checkpoint(ckpt).model_config != model_cfg:
             return "other"
         state = torch.load(state_path(ckpt), map_location="cpu", weights_only=False)
-        if state.get("sft_config") != to_dict(sft_cfg):
+        # keys added to the SFT config after the state was written count with their defaults
+        if saved_sft_config(state, str(state_path(ckpt))) != to_dict(sft_cfg):
             return "other"
         return "finished" if int(state.get("step", 0)) >= sft_cfg.steps else "unfinished"
     except (CheckpointError, OSError, RuntimeError, AttributeError, EOFError, TypeError, ValueError,

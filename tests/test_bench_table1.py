@@ -133,3 +133,41 @@ def test_first_demo_is_the_lowest_seed_whatever_the_file_order(tmp_path):
     with pytest.raises(RuntimeError, match="no episodes"):
         (tmp_path / "e").mkdir()
         first_demo(tmp_path / "e")
+
+
+def test_training_status_counts_later_sft_keys_at_their_defaults(tmp_path):
+    """A checkpoint trained before a key joined the SFT config (e.g. sft.ema_decay) is the same
+    training as one with that key at its default, and another one with the key set otherwise."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import torch
+    from policy_fixtures import tiny_model_config
+    from table1 import training_status
+
+    from twinrl_bringup.config import to_dict
+    from twinrl_policy.checkpoint import save_checkpoint
+    from twinrl_policy.config import SFTConfig
+    from twinrl_policy.model import VisuomotorPolicy
+    from twinrl_policy.sft import state_path
+
+    model_cfg = tiny_model_config(tasks=["pick_and_place"])
+    ckpt = tmp_path / "p.ckpt"
+    save_checkpoint(ckpt, VisuomotorPolicy(model_cfg), version=1)
+    cfg = SFTConfig(steps=20)
+
+    def state(step, **sft):
+        torch.save({"task": "pick_and_place", "step": step, "sft_config": sft}, state_path(ckpt))
+
+    written = to_dict(cfg)
+    older = {k: v for k, v in written.items() if k != "ema_decay"}       # before the key existed
+    state(20, **older)
+    assert training_status(ckpt, model_cfg, cfg) == "finished"
+    assert training_status(ckpt, model_cfg, SFTConfig(steps=20, ema_decay=0.99)) == "other"
+    state(10, **older)
+    assert training_status(ckpt, model_cfg, cfg) == "unfinished"
+    state(20, **dict(written, alpha=written["alpha"] / 2))
+    assert training_status(ckpt, model_cfg, cfg) == "other"
+    state(20, **dict(written, no_such_key=1))                              # unknown key: not this training
+    assert training_status(ckpt, model_cfg, cfg) == "other"
+    state(20, **written)
+    assert training_status(ckpt, model_cfg, cfg) == "finished"
+    assert training_status(ckpt, tiny_model_config(tasks=["erase_whiteboard"]), cfg) == "other"

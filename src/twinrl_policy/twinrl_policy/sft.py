@@ -92,6 +92,17 @@ RESUMABLE_SFT_KEYS = frozenset({"steps", "log_every", "save_every", "num_threads
 _MISSING = object()
 
 
+def saved_sft_config(state: dict, source: str = "<training state>") -> Optional[dict]:
+    """The SFT config a training state was written with, with every key of the current
+    :class:`SFTConfig`: keys added to it after the state was written take their defaults (a key
+    comes with a default that keeps the behaviour from before it). None for states written
+    before the config was stored; ConfigError when it holds unknown keys or bad values."""
+    old = state.get("sft_config")
+    if not isinstance(old, dict):
+        return None
+    return to_dict(from_dict(old, SFTConfig, source, "sft_config"))
+
+
 @torch.no_grad()
 def action_fit(policy: VisuomotorPolicy, pool: DemoPool, task: str, max_samples: int = 512,
                seed: int = 0) -> dict:
@@ -289,8 +300,8 @@ class SFTTrainer:
                              f"--no-resume")
         # the SFT config too (states written before it was stored have none): only the run's
         # length and its logging may change on resume
-        old = state.get("sft_config")
-        if isinstance(old, dict):
+        old = saved_sft_config(state, str(path))
+        if old is not None:
             new = to_dict(self.cfg)
             differ = sorted(k for k in set(old) | set(new)
                             if k not in RESUMABLE_SFT_KEYS and old.get(k, _MISSING) != new.get(k, _MISSING))
