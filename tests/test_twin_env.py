@@ -319,6 +319,46 @@ def test_wrist_image_does_not_depend_on_the_third_person_cameras_size(twins):
     assert (diff > 10).mean() == 0, f"{(diff > 10).mean():.1%} of the wrist pixels depend on the third-person size"
 
 
+def test_ink_on_the_board_shows_from_above(twins):
+    """A fixture's splats lying in its top face are drawn as discs in the face (surfels):
+    camera-facing sprites pushed back by their radius hid the whiteboard's ink under the
+    board's mesh when seen from above, as the wrist camera sees it."""
+    from twinrl_twin.render import RenderConfig, TwinRenderer, surfel_radii
+    from twinrl_twin.twin_env import make_twin_env
+
+    env = make_twin_env(twins("erase_whiteboard"), render=False)
+    try:
+        env.reset(seed=5)
+        board = np.asarray(env.twin_target, float)
+        fixture = np.eye(4)
+        fixture[:3, 3] = board[:3]
+        above = fixture.copy()
+        above[2, 3] += 0.25                  # identity rotation: an OpenGL camera looking down
+        pts, mesh = env.assets.fixture_points, env.assets.fixture_mesh
+        radii = surfel_radii(pts, mesh, 0.003)
+        ink = pts.colors.max(axis=1) < 80
+        assert ink.sum() > 5 and (radii[ink] > 0).all(), "the ink does not lie in the board's top face"
+        assert (radii <= pts.radii + 1e-7).all()
+        # a splat's disc stays inside the board's outline
+        half = np.abs(mesh.vertices[:, :2]).max(axis=0)
+        lying = radii > 0
+        assert (np.abs(pts.positions[lying, :2]) + radii[lying, None] <= half + 1e-5).all()
+        away = np.eye(4)
+        away[:3, 3] = (5.0, 5.0, -5.0)      # the robot and the eraser out of the picture
+        links = list(env.assets.robot)
+        dark = {}
+        for tol in (0.003, 0.0):
+            r = TwinRenderer(env.assets, links, {"top": (96, 96)}, RenderConfig(surfel_tolerance=tol, far_field=False))
+            try:
+                img = r.render(above, 60.0, (96, 96), {n: away for n in links}, away, fixture)
+            finally:
+                r.close()
+            dark[tol] = int((img.max(axis=2) < 80).sum())
+        assert dark[0.003] > 40 and dark[0.003] > 4 * dark[0.0], dark
+    finally:
+        env.close()
+
+
 def _board_crop(env, img):
     """Pixels of ``img`` (third-person) inside the projection of the whiteboard's top."""
     from twinrl_bringup import transforms as tf

@@ -55,8 +55,15 @@ uniform float max_px;
 in vec3 in_pos;
 in vec3 in_color;
 in float in_radius;
+in float in_lying;
 out vec3 v_color;
 void main() {
+    if (in_lying > 0.5) {           // drawn as a disc by the surfel program instead
+        gl_Position = vec4(2.0, 2.0, 2.0, 1.0);
+        gl_PointSize = 1.0;
+        v_color = in_color;
+        return;
+    }
     vec4 pc = view * (model * vec4(in_pos, 1.0));
     float depth = max(-pc.z, 1e-3);
     // a sprite is flat at its centre's depth: push it back by its radius so that surfaces
@@ -64,6 +71,46 @@ void main() {
     gl_Position = proj * vec4(pc.xy, pc.z - in_radius, 1.0);
     gl_PointSize = clamp(2.0 * in_radius * focal / depth, 1.0, max_px);
     v_color = in_color;
+}
+"""
+
+# splats lying in a fixture's top face (a whiteboard's ink, a plate's face): one disc of the
+# splat's radius per splat, lying in the face (instanced quads, round by discarding the corners),
+# so that its depth is right at every pixel. Camera-facing sprites pushed back by their radius
+# hid such splats under the fixture's mesh from above, and the nearer of two neighbouring
+# sprites covered the farther one on a slanted view.
+_SURFEL_VS = """
+#version 330
+uniform mat4 vp;
+uniform mat4 model;
+uniform float lift;
+in vec2 in_corner;
+in vec3 in_pos;
+in vec3 in_color;
+in float in_radius;
+in float in_lying;
+out vec3 v_color;
+out vec2 v_corner;
+void main() {
+    v_color = in_color;
+    v_corner = in_corner;
+    if (in_lying < 0.5) {           // a sprite of the point program
+        gl_Position = vec4(2.0, 2.0, 2.0, 1.0);
+        return;
+    }
+    vec3 p = in_pos + vec3(in_corner * in_radius, lift);
+    gl_Position = vp * (model * vec4(p, 1.0));
+}
+"""
+
+_SURFEL_FS = """
+#version 330
+in vec3 v_color;
+in vec2 v_corner;
+out vec4 f_color;
+void main() {
+    if (dot(v_corner, v_corner) > 1.0) discard;
+    f_color = vec4(v_color, 1.0);
 }
 """
 
@@ -115,6 +162,9 @@ class RenderConfig:
     diffuse: float = 0.6
     light_direction: tuple[float, float, float] = (0.3, 0.2, 1.0)
     max_point_pixels: float = 8.0
+    # m: the fixture's splats within this of its top face are drawn as discs lying in the face
+    # (surfels) instead of camera-facing sprites; 0: all sprites
+    surfel_tolerance: float = 0.003
     lp_threads: int = 1
     far_field: bool = True          # draw the twin's far-field panorama behind everything (when it has one)
     colour_map: bool = True         # apply the twin's colour calibration (twinrl_twin.colour_map) when it has one
@@ -126,6 +176,8 @@ class RenderConfig:
             raise ValueError("light_direction must not be zero")
         if self.background is not None and not is_rgb(self.background):
             raise ValueError(f"background must be three numbers in [0, 1] (RGB) or null, got {self.background!r}")
+        if not 0 <= self.surfel_tolerance <= 0.05:
+            raise ValueError(f"surfel_tolerance must be in [0, 0.05] m, got {self.surfel_tolerance!r}")
         if self.max_point_pixels < 1 or self.lp_threads < 0:
             raise ValueError("max_point_pixels must be >= 1 and lp_threads >= 0 (0: llvmpipe's default)")
 
@@ -163,11 +215,54 @@ def _flat(mesh: ColouredMesh, link: int) -> np.ndarray:
     return out.reshape(-1, 10)
 
 
-def _points(pc: PointCloud) -> np.ndarray:
-    out = np.empty((len(pc.positions), 7), np.float32)
+def _points(pc: PointCloud, surfel_radius: Optional[np.ndarray] = None) -> np.ndarray:
+    """Interleaved (pos, colour, radius, lying) per point; where ``surfel_radius`` > 0 the
+    point is drawn as a disc of that radius (lying 1) instead of a sprite."""
+    out = np.zeros((len(pc.positions), 8), np.float32)
     out[:, 0:3] = pc.positions
     out[:, 3:6] = pc.colors.astype(np.float32) / 255.0
     out[:, 6] = pc.radii
+    if surfel_radius is not None:
+        lying = surfel_radius > 0
+        out[lying, 6] = surfel_radius[lying]
+        out[:, 7] = lying
+    return out
+
+
+def surfel_radii(points: PointCloud, mesh: ColouredMesh, tolerance: float) -> np.ndarray:
+    """Per splat of a fixture (fixture frame), the radius of its disc lying in the fixture's top
+    face, 0 for splats drawn as sprites. The top face: the mesh's triangles whose corners are all
+    at its highest z. A splat lies in it when it is within ``tolerance`` of that height and its
+    centre is over one of those triangles; its disc is shrunk to stay inside the face's outline."""
+    n = len(points.positions)
+    out = np.zeros(n, np.float32)
+    if tolerance <= 0 or not n or not len(mesh.faces):
+        return out
+    z = mesh.vertices[:, 2]
+    top = float(z.max())
+    faces = mesh.faces[np.all(np.abs(z[mesh.faces] - top) <= 1e-5, axis=1)]
+    near = np.flatnonzero(np.abs(points.positions[:, 2] - top) <= tolerance)
+    if not len(faces) or not len(near):
+        return out
+    p = points.positions[near, :2].astype(float)
+    tri = mesh.vertices[faces][:, :, :2].astype(float)          # (F, 3, 2)
+    # inside any top triangle (signs of the three edge functions agree)
+    a, b, c = tri[:, 0], tri[:, 1], tri[:, 2]
+
+    def side(u, v):
+        return (v[None, :, 0] - u[None, :, 0]) * (p[:, None, 1] - u[None, :, 1]) \
+            - (v[None, :, 1] - u[None, :, 1]) * (p[:, None, 0] - u[None, :, 0])
+    s1, s2, s3 = side(a, b), side(b, c), side(c, a)
+    inside = (((s1 >= 0) & (s2 >= 0) & (s3 >= 0)) | ((s1 <= 0) & (s2 <= 0) & (s3 <= 0))).any(axis=1)
+    # the outline: top-face edges not shared by two top triangles
+    edges = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
+    uniq, count = np.unique(edges, axis=0, return_counts=True)
+    outline = uniq[count == 1]
+    e0, e1 = mesh.vertices[outline[:, 0], :2].astype(float), mesh.vertices[outline[:, 1], :2].astype(float)
+    d = e1 - e0
+    t = np.clip(((p[:, None, :] - e0[None]) * d[None]).sum(-1) / np.maximum((d * d).sum(-1), 1e-12)[None], 0, 1)
+    dist = np.linalg.norm(p[:, None, :] - (e0[None] + t[..., None] * d[None]), axis=-1).min(axis=1)
+    out[near[inside]] = np.minimum(points.radii[near[inside]], dist[inside])
     return out
 
 
@@ -237,14 +332,26 @@ class TwinRenderer:
             vao = ctx.vertex_array(self.mesh_prog, [(vbo, "3f 3f 3f 1f", "in_pos", "in_normal", "in_color", "in_link")])
             self.surface = (vbo, vao, len(srf))
         self.clouds = []
-        self._fixture_data = _points(assets.fixture_points)
-        for pc in (assets.scene, assets.fixture_points):
+        radii = surfel_radii(assets.fixture_points, assets.fixture_mesh, cfg.surfel_tolerance)
+        self.n_surfels = int((radii > 0).sum())
+        self._fixture_data = _points(assets.fixture_points, radii)
+        for pc, data in ((assets.scene, _points(assets.scene)), (assets.fixture_points, self._fixture_data)):
             if len(pc.positions):
-                vbo = ctx.buffer(_points(pc).tobytes(), dynamic=pc is assets.fixture_points)
-                vao = ctx.vertex_array(self.point_prog, [(vbo, "3f 3f 1f", "in_pos", "in_color", "in_radius")])
+                vbo = ctx.buffer(data.tobytes(), dynamic=pc is assets.fixture_points)
+                vao = ctx.vertex_array(self.point_prog, [(vbo, "3f 3f 1f 1f", "in_pos", "in_color", "in_radius",
+                                                          "in_lying")])
                 self.clouds.append((vbo, vao, len(pc.positions)))
             else:
                 self.clouds.append(None)
+        self.surfels = None
+        if self.n_surfels:
+            prog = ctx.program(vertex_shader=_SURFEL_VS, fragment_shader=_SURFEL_FS)
+            prog["lift"].value = 0.0005       # over the mesh's top face they lie in: no depth fight
+            quad = ctx.buffer(np.array([-1, -1, 1, -1, 1, 1, -1, -1, 1, 1, -1, 1], np.float32).tobytes())
+            vao = ctx.vertex_array(prog, [(quad, "2f", "in_corner"),
+                                          (self.clouds[1][0], "3f 3f 1f 1f/i", "in_pos", "in_color", "in_radius",
+                                           "in_lying")])
+            self.surfels = (prog, vao, len(assets.fixture_points.positions))
         self.fbos = {}
         for name, (w, h) in sizes.items():
             if (w, h) not in self.fbos:
@@ -298,6 +405,11 @@ class TwinRenderer:
             if cloud is not None:
                 pp["model"].write(np.asarray(model, np.float32).T.tobytes())
                 cloud[1].render(self.mgl.POINTS, vertices=cloud[2])
+        if self.surfels is not None:
+            prog, vao, n = self.surfels
+            prog["vp"].write(vp.T.astype(np.float32).tobytes())
+            prog["model"].write(np.asarray(fixture_pose, np.float32).T.tobytes())
+            vao.render(self.mgl.TRIANGLES, vertices=6, instances=n)
         if self.surface is not None:
             mp = self.mesh_prog
             mp["vp"].write(vp.T.astype(np.float32).tobytes())
