@@ -89,7 +89,6 @@ def action_error(policy: VisuomotorPolicy, pool: DemoPool, task: str, max_sample
 ACTION_NAMES = ("x", "y", "z", "rx", "ry", "rz", "gripper")
 # SFT config keys a resumed training may change: its length and its logging, nothing it learns by
 RESUMABLE_SFT_KEYS = frozenset({"steps", "log_every", "save_every", "num_threads"})
-_MISSING = object()
 
 
 def saved_sft_config(state: dict, source: str = "<training state>") -> Optional[dict]:
@@ -299,14 +298,13 @@ class SFTTrainer:
             raise ValueError(f"{path}: training state has a different model config; use another --out or "
                              f"--no-resume")
         # the SFT config too (states written before it was stored have none): only the run's
-        # length and its logging may change on resume
+        # length and its logging may change on resume (saved_sft_config has every current key)
         old = saved_sft_config(state, str(path))
         if old is not None:
             new = to_dict(self.cfg)
-            differ = sorted(k for k in set(old) | set(new)
-                            if k not in RESUMABLE_SFT_KEYS and old.get(k, _MISSING) != new.get(k, _MISSING))
+            differ = sorted(k for k in new if k not in RESUMABLE_SFT_KEYS and old[k] != new[k])
             if differ:
-                what = ", ".join(f"{k} {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}" for k in differ)
+                what = ", ".join(f"{k} {old[k]!r} -> {new[k]!r}" for k in differ)
                 raise ValueError(f"{path}: training state has a different SFT config ({what}); use another "
                                  f"--out or --no-resume")
 

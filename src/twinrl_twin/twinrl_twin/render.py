@@ -333,7 +333,6 @@ class TwinRenderer:
             self.surface = (vbo, vao, len(srf))
         self.clouds = []
         radii = surfel_radii(assets.fixture_points, assets.fixture_mesh, cfg.surfel_tolerance)
-        self.n_surfels = int((radii > 0).sum())
         self._fixture_data = _points(assets.fixture_points, radii)
         for pc, data in ((assets.scene, _points(assets.scene)), (assets.fixture_points, self._fixture_data)):
             if len(pc.positions):
@@ -344,7 +343,7 @@ class TwinRenderer:
             else:
                 self.clouds.append(None)
         self.surfels = None
-        if self.n_surfels:
+        if (radii > 0).any():
             prog = ctx.program(vertex_shader=_SURFEL_VS, fragment_shader=_SURFEL_FS)
             prog["lift"].value = 0.0005       # over the mesh's top face they lie in: no depth fight
             quad = ctx.buffer(np.array([-1, -1, 1, -1, 1, 1, -1, -1, 1, 1, -1, 1], np.float32).tobytes())
