@@ -347,14 +347,17 @@ def test_ink_on_the_board_shows_from_above(twins):
         away[:3, 3] = (5.0, 5.0, -5.0)      # the robot and the eraser out of the picture
         links = list(env.assets.robot)
         dark = {}
-        for tol in (0.003, 0.0):
-            r = TwinRenderer(env.assets, links, {"top": (96, 96)}, RenderConfig(surfel_tolerance=tol, far_field=False))
+        for tol, drawn in ((0.003, links), (0.0, links), (0.003, [])):
+            r = TwinRenderer(env.assets, drawn, {"top": (96, 96)}, RenderConfig(surfel_tolerance=tol, far_field=False))
             try:
-                img = r.render(above, 60.0, (96, 96), {n: away for n in links}, away, fixture)
+                img = r.render(above, 60.0, (96, 96), {n: away for n in drawn}, away, fixture)
             finally:
                 r.close()
-            dark[tol] = int((img.max(axis=2) < 80).sum())
-        assert dark[0.003] > 40 and dark[0.003] > 4 * dark[0.0], dark
+            dark[tol, len(drawn)] = int((img.max(axis=2) < 80).sum())
+        n = len(links)
+        assert dark[0.003, n] > 40 and dark[0.003, n] > 4 * dark[0.0, n], dark
+        # a renderer without robot links (a twin of the cell alone) draws the same board
+        assert dark[0.003, 0] == dark[0.003, n], dark
     finally:
         env.close()
 

@@ -317,8 +317,8 @@ class TwinRenderer:
         if len(self.links) + 2 > MAX_LINKS:
             raise ValueError(f"at most {MAX_LINKS - 2} robot links can be drawn, got {len(self.links)}")
         self.missing_links = missing
-        robot = np.concatenate([_flat(assets.robot[n], i + 2) for i, n in enumerate(self.links)])
-        meshes = np.concatenate([_flat(assets.object_mesh, 0), _flat(assets.fixture_mesh, 1), robot])
+        meshes = np.concatenate([_flat(assets.object_mesh, 0), _flat(assets.fixture_mesh, 1)]
+                                + [_flat(assets.robot[n], i + 2) for i, n in enumerate(self.links)])
         self.n_object = len(assets.object_mesh.faces) * 3
         self.n_fixture = len(assets.fixture_mesh.faces) * 3
         self.mesh_vbo = ctx.buffer(meshes.tobytes())
