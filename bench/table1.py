@@ -12,6 +12,9 @@ turns it off). ``--action-noise M`` records the real demos with a jittering expe
 starts from a steady demo of the first real demo's start); ``--twin-action-noise M`` jitters the
 twin demos' execution the same way (docs/policy.md, "A jittering hand in the demos");
 ``--twin-approach-error M`` aims each twin demo's approach off and back (demogen approach_error).
+``--sweeps`` also records alignment sweeps: the twin demos' arm paths run in the sim world with
+the objects where the real demos had them, replayed in the twin for more alignment pairs
+(``twinrl demos sweep``; checkpoints and results get ``_sw``).
 ``--colour-map`` colour-calibrates a copy of the twin (``twin_<task>_cm_...``) against the real
 demos before stage I and the pairs (``twinrl twin calibrate``, docs/twin.md; its twin demos,
 pairs, twin-mix checkpoints and results get ``_cm`` in their names). Prints ID,
@@ -22,7 +25,7 @@ OOD and average success rates with deltas against real-only, and writes ``table1
         [--rollouts-per-cell 2] [--image-size 128,64] [--mixes 0/0 30/30 60/30 30/60]
         [--method affine] [--seeds 1] [--workers 2] [--root DIR] [--out DIR] [--json]
         [--post-success-steps K] [--action-noise M] [--twin-action-noise M] [--twin-approach-error M]
-        [--colour-map] [--set model.KEY=V ...]
+        [--colour-map] [--sweeps] [--set model.KEY=V ...]
 
 Everything (demos, twin, checkpoints) is kept under --root (default: a directory under the
 system temp dir named after the task), so a second run reuses what is there: the same
@@ -160,6 +163,9 @@ def main() -> int:
     ap.add_argument("--colour-map", action="store_true",
                     help="colour-calibrate the twin against the real demos (twinrl twin calibrate) before "
                          "stage I and the pairs; its twin demos, pairs, checkpoints and results get _cm")
+    ap.add_argument("--sweeps", action="store_true",
+                    help="alignment sweeps: the twin demos' arm paths run in the sim world (objects where the "
+                         "real demos had them) and replayed in the twin, more pairs for the feature alignment")
     ap.add_argument("--set", action="append", default=[], metavar="model.KEY=V|sft.KEY=V",
                     help="policy / SFT config override for every mix (e.g. sft.object_aux_weight=1.0); "
                          "checkpoints of runs with overrides get their own names")
@@ -266,6 +272,29 @@ def main() -> int:
             print(f"pairs: {info['count']} real demos replayed in the twin ({info['twin_successes']} succeed there)",
                   flush=True)
         pair_dirs = [pdir]
+    sweep_dirs = []
+    if args.sweeps and pair_dirs:
+        from twinrl_twin.demogen.replay import pair_demos, sweep_paths
+        from twinrl_twin.sim import make_env
+
+        sdir = root / f"sweeps_{n_id}_{n_ood}_{tag}_s{args.seed}{twin_post}"
+        spdir = root / f"sweep_pairs_{n_id}_{n_ood}_{tag}_s{args.seed}{twin_post}"
+        paths = pools["id"][:n_id] + pools["ood"][:n_ood]
+        if not sdir.exists() or len(Dataset(sdir)) < len(paths):
+            shutil.rmtree(sdir, ignore_errors=True)
+            shutil.rmtree(spdir, ignore_errors=True)
+            env = make_env(args.task, render=True, camera_overrides=camera_overrides(size))
+            try:
+                sweep_paths(env, [str(p) for p in paths], real, sdir, progress=progress)
+            finally:
+                env.close()
+        if not spdir.exists() or len(Dataset(spdir)) < len(Dataset(sdir)):
+            shutil.rmtree(spdir, ignore_errors=True)
+            info = pair_demos(twin, sdir, spdir, camera_overrides=camera_overrides(size), progress=progress)
+            print(f"alignment sweeps: {info['count']} twin demo paths run in the sim world and replayed in the twin",
+                  flush=True)
+        sweep_dirs, pair_dirs = [sdir], pair_dirs + [spdir]
+        twin_jitter += "_sw"                # the twin mixes' checkpoints and results; real only's stay
     rows = []
     for mid, mood in args.mixes:
         name = "real only" if (mid, mood) == (0, 0) else f"+{mid} ID / +{mood} OOD twin"
@@ -293,7 +322,8 @@ def main() -> int:
             if status != "finished":             # new, or resumed from its training state
                 trainer = SFTTrainer(args.task, data, ckpt, model_cfg, sft_cfg, progress=progress,
                                      log=lambda s: print(s, file=sys.stderr),
-                                     pair_dirs=pair_dirs if (mid or mood) else ())
+                                     pair_dirs=pair_dirs if (mid or mood) else (),
+                                     sweep_dirs=sweep_dirs if (mid or mood) else ())
                 res = trainer.train()
                 train_s, sps = time.monotonic() - t0, res.samples_per_second
             else:

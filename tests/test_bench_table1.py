@@ -77,9 +77,9 @@ def test_table1_tiny_run(tmp_path, ros_env):
     assert "trained with another model or SFT config" in r4.stderr and "SFT pick_and_place" in r4.stderr
     # real demos with a jittering expert (--action-noise): stage I starts from a steady demo of
     # the first real demo's start, not from that jittered demo; --twin-action-noise jitters the
-    # twin demos' execution; --colour-map calibrates the twin's colours first
+    # twin demos' execution; --colour-map calibrates the twin's colours first; --sweeps adds pairs
     r5 = subprocess.run(cmd[:cmd.index("--mixes")] + ["--mixes", "2/1", "--seeds", "1", "--action-noise", "0.003",
-                                                      "--twin-action-noise", "0.002", "--colour-map"]
+                                                      "--twin-action-noise", "0.002", "--colour-map", "--sweeps"]
                         + cmd[cmd.index("--steps"):], env=ros_env, capture_output=True, text=True, timeout=600)
     assert r5.returncode == 0, r5.stdout[-3000:] + r5.stderr[-3000:]
     noisy = Dataset(next((tmp_path / "w").glob("real_2_*_an3mm")))
@@ -96,7 +96,12 @@ def test_table1_tiny_run(tmp_path, ros_env):
     extras = [load_episode(twin_demos.path(i), images=False).extra for i in range(len(twin_demos))]
     assert {e["seed_demo"] for e in extras} == {seed.episode_id}
     assert {e["action_noise"] for e in extras} == {0.002}
-    assert len(list((tmp_path / "w").glob("sft_2_1_*_an3mm_tn2mm_cm_5_s0.ckpt"))) == 1
+    assert len(list((tmp_path / "w").glob("sft_2_1_*_an3mm_tn2mm_cm_sw_5_s0.ckpt"))) == 1
+    # --sweeps: the 3 twin demos' paths run in the sim world and replayed in the twin, more pairs
+    sweeps = Dataset(next((tmp_path / "w").glob("sweeps_2_1_*_an3mm_tn2mm_cm")))
+    assert len(sweeps) == 3 and all(e["episode_source"] == "real" for e in sweeps.entries)
+    assert len(Dataset(next((tmp_path / "w").glob("sweep_pairs_2_1_*_an3mm_tn2mm_cm")))) == 3
+    assert "alignment sweeps: 3 twin demo paths" in r5.stdout and "of them of alignment sweeps" in r5.stderr
     # --colour-map: stage I and the pairs ran in a copy of the twin colour-calibrated on the
     # real demos (the pairs in a directory of their own); the twin itself is left as built
     assert "colour map: third_person |twin - real|" in r5.stdout

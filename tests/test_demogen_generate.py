@@ -132,6 +132,62 @@ def test_paired_samples_link_real_and_twin(seeds, tiny_twins, tmp_path):
     assert gap.max() < 0.06 and gap[-1] < 0.01, gap
 
 
+def test_alignment_sweeps_follow_twin_paths_where_the_real_cell_has_its_objects(seeds, tiny_twins, tmp_path):
+    """demogen.replay.sweep_paths: the sim world's robot follows an OOD twin demo's path from a
+    real demo's initial configuration (its block stays where the real demo had it); written as
+    a real episode marked as a sweep, which SFT leaves out of the demonstrations and pairs through
+    its twin replay (pair_demos renders at the sweep's image sizes by default)."""
+    from twinrl_policy.config import load_model_config
+    from twinrl_policy.data import load_demo_pools, load_pair_pool
+    from twinrl_twin.demogen.generate import generate
+    from twinrl_twin.demogen.replay import pair_demos, sweep_paths
+    from twinrl_twin.sim import make_env
+
+    s = generate(tiny_twins("pick_and_place"), seeds["pick_and_place"], tmp_path / "paths", n_id=0, n_ood=1,
+                 method="affine", workers=1, seed=3, camera_overrides=SMALL, progress=False)
+    assert s["generated"] == 1, s
+    path = next(iter(ds.Dataset(tmp_path / "paths")))
+    real = ds.load_episode(seeds["pick_and_place"], images=False)
+    env = make_env("pick_and_place", render=True, camera_overrides=SMALL)
+    try:
+        info = sweep_paths(env, tmp_path / "paths", seeds["pick_and_place"].parent, tmp_path / "sweeps",
+                           progress=False)
+    finally:
+        env.close()
+    assert info["count"] == 1
+    sweep = next(iter(ds.Dataset(tmp_path / "sweeps")))
+    assert ds.is_sweep(sweep) and not ds.is_sweep(path) and not ds.is_sweep(real)
+    assert sweep.episode_source == ds.SOURCE_REAL and not sweep.is_success
+    assert sweep.extra["path_of"] == path.episode_id and sweep.extra["configuration_of"] == real.episode_id
+    # the real demo's block, not the path's (an OOD placement)
+    obj = np.asarray(sweep.initial_configuration["object_pose"][:2])
+    assert obj == pytest.approx(real.initial_configuration["object_pose"][:2], abs=1e-3)
+    assert np.linalg.norm(obj - np.asarray(path.initial_configuration["object_pose"][:2])) > 0.05
+    assert sweep.observations["third_person"].shape[1:] == (64, 64, 3) and sweep.length == path.length
+    # the arm went where the twin's arm went (the physical arm lags by a few cm in fast moves)
+    gap = np.linalg.norm(sweep.observations["proprio"][:, 14:17] - path.observations["proprio"][:, 14:17], axis=1)
+    assert gap.max() < 0.06 and gap[-1] < 0.01, gap
+    # no camera overrides: the twin renders at the sweep's sizes
+    p = pair_demos(tiny_twins("pick_and_place"), tmp_path / "sweeps", tmp_path / "pairs", progress=False)
+    assert p["count"] == 1
+    twin = next(iter(ds.Dataset(tmp_path / "pairs")))
+    assert twin.extra["pair_of"] == sweep.episode_id and twin.observations["wrist"].shape[1:] == (32, 32, 3)
+    cfg = load_model_config(None, ["third_person_size=[64,64]", "wrist_size=[32,32]"])
+    real_pool, twin_pool, pinfo = load_demo_pools([tmp_path / "sweeps", tmp_path / "paths"], "pick_and_place", cfg,
+                                                  progress=False)
+    assert pinfo["sweep_episodes"] == 1 and len(real_pool) == 0 and len(twin_pool) == path.length
+    sweeps, _, sinfo = load_demo_pools([tmp_path / "sweeps", tmp_path / "paths"], "pick_and_place", cfg,
+                                       progress=False, sweeps=True)
+    assert len(sweeps) == sweep.length and sinfo["ignored_episodes"] == 1
+    pairs, info = load_pair_pool([tmp_path / "pairs"], "pick_and_place", cfg, real_pool, progress=False,
+                                 sweeps=sweeps)
+    assert info["sweep_pair_episodes"] == 1 and len(pairs) == sweep.length and pairs.sweep.all()
+    batch = pairs.real_batch(np.arange(3), real_pool, sweeps)
+    assert np.array_equal(batch["third_person"], sweep.observations["third_person"][pairs.real_index[:3]])
+    with pytest.raises(ValueError, match="sweep"):
+        sweep_paths(env, tmp_path / "paths", seeds["insert_hexagon"].parent, tmp_path / "bad", progress=False)
+
+
 def test_cli_generate_json_and_errors(seeds, tiny_twins, tmp_path, ros_env):
     cmd = [sys.executable, "-m", "twinrl_bringup.cli", "demos", "generate", "--twin", str(tiny_twins("insert_hexagon")),
            "--seed-demo", str(seeds["insert_hexagon"]), "--n-id", "1", "--n-ood", "1", "--method", "affine",

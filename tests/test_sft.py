@@ -520,6 +520,33 @@ def test_pair_pool_joins_each_replay_step_with_its_real_step(tmp_path):
         load_pair_pool([tmp_path / "nope"], TASK, cfg, real, progress=False)
 
 
+def test_pairs_of_sweeps_take_their_real_side_from_the_sweep_pool(tmp_path):
+    """PairPool.real_batch: pairs whose real side is an alignment sweep's step read it from the
+    sweep pool, the others from the real pool, in the order asked; sweeps need pairs."""
+    from twinrl_policy.data import PairPool
+
+    rng = np.random.default_rng(0)
+    obs, act = rule_observation(rng, 10)
+    sobs, sact = rule_observation(rng, 6)
+    real = DemoPool("real", obs["third_person"], obs["wrist"], obs["proprio"], act, ["r"])
+    sweeps = DemoPool("real", sobs["third_person"], sobs["wrist"], sobs["proprio"], sact, ["s"])
+    pairs = PairPool(np.array([0, 5, 9, 2, 4]), np.zeros((5, *obs["third_person"].shape[1:]), np.uint8),
+                     np.zeros((5, *obs["wrist"].shape[1:]), np.uint8), ["p"],
+                     np.array([False, True, False, True, True]))
+    b = pairs.real_batch(np.array([4, 0, 1, 2]), real, sweeps)
+    assert np.array_equal(b["third_person"], np.stack([sobs["third_person"][4], obs["third_person"][0],
+                                                       sobs["third_person"][5], obs["third_person"][9]]))
+    assert np.array_equal(b["proprio"], np.stack([sobs["proprio"][4], obs["proprio"][0], sobs["proprio"][5],
+                                                  obs["proprio"][9]]))
+    assert np.array_equal(pairs.real_batch(np.array([2, 0]), real)["wrist"], obs["wrist"][[9, 0]])
+    with pytest.raises(ValueError, match="sweep pool"):
+        pairs.real_batch(np.array([1]), real)
+    write_rule_dataset(tmp_path / "real", 1, 8, "demo", seed=5)
+    with pytest.raises(ValueError, match="--pairs"):
+        SFTTrainer(TASK, [tmp_path / "real"], tmp_path / "x.ckpt", tiny_model_config(), tiny_sft_config(),
+                   progress=False, log=lambda s: None, sweep_dirs=[tmp_path / "real"])
+
+
 @pytest.mark.slow
 def test_alignment_loss_pulls_twin_features_onto_the_real_ones(tmp_path):
     """sft.align_weight: trained with the pairs, the backbone's features of the twin-looking

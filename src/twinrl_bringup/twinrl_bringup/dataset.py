@@ -106,6 +106,15 @@ def episode_commands(proprio, actions, initial_gripper: float = -1.0, where: str
                      for k in range(T + 1)])
 
 
+SWEEP_GENERATOR = "sweep"      # extra["generator"] of alignment sweeps (twinrl_twin.demogen.replay.sweep_paths)
+
+
+def is_sweep(episode) -> bool:
+    """Whether an episode is an alignment sweep: the robot following a twin demo's path in a cell
+    whose objects are elsewhere. Real images for the paired feature alignment, no demonstration."""
+    return (episode.extra or {}).get("generator") == SWEEP_GENERATOR
+
+
 def observation_arrays(observations: list, images: bool = True) -> dict:
     """An episode's ``observations`` dict from its T+1 env observations (dicts): ``proprio``,
     ``command`` (the commanded target, when every observation has it) and, with ``images``,

@@ -1,9 +1,10 @@
 """``twinrl train`` and ``twinrl eval``: training stages and policy evaluation.
 
 ``twinrl train sft --task T --data DIR [DIR ...] [--alpha A] --out CKPT [--steps N]
-[--batch B] [--quick] [--pairs DIR [DIR ...] [--align-weight W]]`` runs supervised
-fine-tuning (twinrl_policy.sft) on real + twin demonstrations; ``--pairs``: real demos
-replayed in the twin (``twinrl demos pair``) for the paired feature-alignment loss. Running
+[--batch B] [--quick] [--pairs DIR [DIR ...] [--align-weight W] [--sweeps DIR [DIR ...]]]`` runs
+supervised fine-tuning (twinrl_policy.sft) on real + twin demonstrations; ``--pairs``: real demos
+replayed in the twin (``twinrl demos pair``) for the paired feature-alignment loss; ``--sweeps``:
+alignment sweeps (``twinrl demos sweep``), more real sides for pairs, no demonstrations. Running
 the same command again after an interruption resumes from ``CKPT.state``; ``--no-resume``
 starts over.
 
@@ -52,7 +53,8 @@ def run_sft(args) -> int:
     sft_cfg = load_sft_config(args.config, sft_over)
     trainer = SFTTrainer(args.task, args.data, args.out, model_cfg, sft_cfg, logdir=args.logdir,
                          version=args.version, resume=not args.no_resume, progress=not args.no_progress,
-                         log=lambda s: print(s, file=sys.stderr), pair_dirs=args.pairs or ())
+                         log=lambda s: print(s, file=sys.stderr), pair_dirs=args.pairs or (),
+                         sweep_dirs=args.sweeps or ())
     result = trainer.train()
     print(f"checkpoint: {result.checkpoint}")
     print(f"sha256: {result.sha256}")
@@ -78,6 +80,9 @@ def register_train(subparsers) -> None:
     sft.add_argument("--pairs", nargs="+", default=None, metavar="DIR",
                      help="paired datasets: the real demos of --data replayed in the twin (twinrl demos pair), "
                           "for the feature-alignment loss")
+    sft.add_argument("--sweeps", nargs="+", default=None, metavar="DIR",
+                     help="alignment sweeps (twinrl demos sweep): real images of the twin demos' arm paths, "
+                          "paired with their replays in the twin given in --pairs; no imitation data")
     sft.add_argument("--align-weight", type=float, default=None,
                      help="weight of the paired feature-alignment loss (default: config sft.align_weight)")
     sft.add_argument("--quick", action="store_true", help="a short smoke run (50 steps of 8 samples)")

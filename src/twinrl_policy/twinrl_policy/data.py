@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from twinrl_bringup.dataset import COMMAND_DIM, IMAGE_KEYS, Dataset, DatasetError, commands_of
+from twinrl_bringup.dataset import COMMAND_DIM, IMAGE_KEYS, Dataset, DatasetError, commands_of, is_sweep
 from twinrl_bringup.safety import SafetyEnvelope, load_safety_config
 
 from .config import ModelConfig
@@ -124,10 +124,12 @@ def episode_digest(ep) -> str:
 
 def load_demo_pools(dirs: Sequence, task: str, cfg: ModelConfig, real_sources=("real", "demo", "intervention"),
                     twin_sources=("twin",), success_only: bool = False, progress: bool = True,
-                    skip_idle: bool = False) -> tuple[DemoPool, DemoPool, dict]:
+                    skip_idle: bool = False, sweeps: bool = False) -> tuple[DemoPool, DemoPool, dict]:
     """Load every episode of ``task`` from the dataset directories into a real and a twin pool,
     each in the order of :func:`episode_digest` (the same demonstrations under other ids or file
-    names give the same pools). ``skip_idle`` leaves out the steps found by :func:`idle_steps`."""
+    names give the same pools). ``skip_idle`` leaves out the steps found by :func:`idle_steps`.
+    Alignment sweeps (``twinrl_bringup.dataset.is_sweep``) are no demonstrations and are left out
+    (``info["sweep_episodes"]``); ``sweeps=True`` loads them alone instead (the pairs' real side)."""
     if not dirs:
         raise ValueError("no dataset directories given")
     cfg.task_index(task)  # the policy must know the task
@@ -135,7 +137,8 @@ def load_demo_pools(dirs: Sequence, task: str, cfg: ModelConfig, real_sources=("
             "steps")
     parts = {"real": {k: [] for k in keys}, "twin": {k: [] for k in keys}}
     ids = {"real": [], "twin": []}
-    info = {"ignored_episodes": 0, "skipped_files": [], "idle_steps_skipped": 0, "commands_rebuilt": 0}
+    info = {"ignored_episodes": 0, "skipped_files": [], "idle_steps_skipped": 0, "commands_rebuilt": 0,
+            "sweep_episodes": 0}
     selected = []
     for d in dirs:
         if not Path(d).is_dir():
@@ -154,6 +157,9 @@ def load_demo_pools(dirs: Sequence, task: str, cfg: ModelConfig, real_sources=("
     for ds, i, pool in tqdm(selected, desc="loading demos", unit="ep", disable=not progress, leave=False):
         path = ds.path(i)
         ep = ds.load(i)
+        if is_sweep(ep) != sweeps:
+            info["sweep_episodes" if not sweeps else "ignored_episodes"] += 1
+            continue
         _check_images(path, ep.observations, cfg)
         T = ep.length
         keep = ~idle_steps(ep.actions) if skip_idle else np.ones(T, bool)
@@ -195,7 +201,8 @@ def load_demo_pools(dirs: Sequence, task: str, cfg: ModelConfig, real_sources=("
                               episode_end=np.repeat(np.cumsum(p["length"]) - 1, p["length"]).astype(np.int64),
                               episode_steps=dict(zip(ids[name], p["steps"]))))
     if not len(pools[0]) and not len(pools[1]):
-        raise ValueError(f"no usable episodes of task {task!r} in {', '.join(str(d) for d in dirs)}")
+        what = "alignment sweeps" if sweeps else "episodes"
+        raise ValueError(f"no usable {what} of task {task!r} in {', '.join(str(d) for d in dirs)}")
     info["real_steps"], info["twin_steps"] = len(pools[0]), len(pools[1])
     info["real_episodes"], info["twin_episodes"] = len(ids["real"]), len(ids["twin"])
     return pools[0], pools[1], info
@@ -205,25 +212,47 @@ def load_demo_pools(dirs: Sequence, task: str, cfg: ModelConfig, real_sources=("
 class PairPool:
     """Paired observations: the twin's images of the same moment as a real pool step (a real
     demonstration replayed in the twin, ``twinrl demos pair``)."""
-    real_index: np.ndarray            # (M,) int64 index into the real pool
+    real_index: np.ndarray            # (M,) int64 index into the real pool (the sweep pool where ``sweep``)
     third_person: np.ndarray          # (M, H, W, 3) uint8, the twin's
     wrist: np.ndarray                 # (M, h, w, 3) uint8, the twin's
     episodes: list[str] = field(default_factory=list)   # twin episode ids
+    sweep: Optional[np.ndarray] = None    # (M,) bool: the real side is an alignment sweep's step
+
+    def __post_init__(self):
+        if self.sweep is None:
+            self.sweep = np.zeros(len(self.real_index), bool)
 
     def __len__(self) -> int:
         return int(len(self.real_index))
 
+    def real_batch(self, idx: np.ndarray, real: DemoPool, sweeps: Optional[DemoPool] = None) -> dict:
+        """The real side of pairs ``idx`` (in that order) from the real and the sweep pool."""
+        idx = np.asarray(idx, np.int64)
+        s = self.sweep[idx]
+        if not s.any():
+            return real.batch(self.real_index[idx])
+        if sweeps is None:
+            raise ValueError("pairs of alignment sweeps need the sweep pool")
+        a, b = real.batch(self.real_index[idx[~s]]), sweeps.batch(self.real_index[idx[s]])
+        out = {}
+        for k in a:
+            v = np.empty((len(idx), *a[k].shape[1:]), a[k].dtype)
+            v[~s], v[s] = a[k], b[k]
+            out[k] = v
+        return out
+
 
 def load_pair_pool(dirs: Sequence, task: str, cfg: ModelConfig, real: DemoPool,
-                   progress: bool = True) -> tuple[PairPool, dict]:
-    """Twin episodes of ``dirs`` whose ``extra["pair_of"]`` names an episode of the real pool,
-    joined step by step (step k of the twin replay with step k of the real episode; steps the
-    real pool left out, and the replay's settle steps past the real episode, are dropped).
-    Returns the pool and counts: paired and unmatched episodes, pairs."""
+                   progress: bool = True, sweeps: Optional[DemoPool] = None) -> tuple[PairPool, dict]:
+    """Twin episodes of ``dirs`` whose ``extra["pair_of"]`` names an episode of the real pool
+    (or of the ``sweeps`` pool: alignment sweeps replayed in the twin), joined step by step (step
+    k of the twin replay with step k of the real episode; steps the real pool left out, and the
+    replay's settle steps past the real episode, are dropped). Returns the pool and counts:
+    paired, sweep and unmatched episodes, pairs."""
     if not dirs:
         raise ValueError("no pair dataset directories given")
-    index, tps, wrs, eps = [], [], [], []
-    info = {"pair_episodes": 0, "unmatched_episodes": 0, "skipped_files": []}
+    index, tps, wrs, eps, swp = [], [], [], [], []
+    info = {"pair_episodes": 0, "sweep_pair_episodes": 0, "unmatched_episodes": 0, "skipped_files": []}
     selected = []
     for d in dirs:
         if not Path(d).is_dir():
@@ -233,7 +262,10 @@ def load_pair_pool(dirs: Sequence, task: str, cfg: ModelConfig, real: DemoPool,
         selected += [(ds, i) for i in range(len(ds))]
     for ds, i in tqdm(selected, desc="loading pairs", unit="ep", disable=not progress, leave=False):
         ep = ds.load(i)
-        steps = real.episode_steps.get((ep.extra or {}).get("pair_of"))
+        of = (ep.extra or {}).get("pair_of")
+        steps, sweep = real.episode_steps.get(of), False
+        if steps is None and sweeps is not None:
+            steps, sweep = sweeps.episode_steps.get(of), True
         if steps is None:
             info["unmatched_episodes"] += 1
             continue
@@ -244,12 +276,14 @@ def load_pair_pool(dirs: Sequence, task: str, cfg: ModelConfig, real: DemoPool,
         tps.append(np.asarray(ep.observations["third_person"])[k])
         wrs.append(np.asarray(ep.observations["wrist"])[k])
         eps.append(ep.episode_id)
+        swp.append(np.full(len(k), sweep))
         info["pair_episodes"] += 1
+        info["sweep_pair_episodes"] += int(sweep)
     if not eps:
         pool = PairPool(np.zeros(0, np.int64), np.zeros((0, *cfg.third_person_size, 3), np.uint8),
                         np.zeros((0, *cfg.wrist_size, 3), np.uint8))
     else:
-        pool = PairPool(np.concatenate(index), np.concatenate(tps), np.concatenate(wrs), eps)
+        pool = PairPool(np.concatenate(index), np.concatenate(tps), np.concatenate(wrs), eps, np.concatenate(swp))
     info["pairs"] = len(pool)
     return pool, info
 

@@ -156,7 +156,7 @@ class SFTTrainer:
     def __init__(self, task: str, data_dirs: Sequence, out, model_cfg: ModelConfig, sft_cfg: SFTConfig,
                  logdir=None, version: int = 1, resume: bool = True, progress: bool = True,
                  log: Callable[[str], None] = print, pools: Optional[tuple[DemoPool, DemoPool]] = None,
-                 pair_dirs: Sequence = (), pairs: Optional[PairPool] = None):
+                 pair_dirs: Sequence = (), pairs: Optional[PairPool] = None, sweep_dirs: Sequence = ()):
         self.task = task
         self.out = Path(out)
         self.model_cfg = model_cfg
@@ -179,6 +179,9 @@ class SFTTrainer:
                     "actions (wrong after a force stop or hold moved the target; record them again to fix)")
             if info["idle_steps_skipped"]:
                 log(f"left out {info['idle_steps_skipped']} idle steps (waits without motion; sft.skip_idle_steps)")
+            if info["sweep_episodes"]:
+                log(f"left out {info['sweep_episodes']} alignment sweeps of the data (no demonstrations; "
+                    f"give them with --sweeps)")
         else:
             real, twin = pools
         self.real, self.twin = real, twin
@@ -231,15 +234,26 @@ class SFTTrainer:
             log(f"resuming from {st} at step {self.step}")
         self.task_index = model_cfg.task_index(task)
         self._setup_object_aux()
-        self._setup_alignment(pair_dirs, pairs)
+        self._setup_alignment(pair_dirs, pairs, sweep_dirs)
 
-    def _setup_alignment(self, pair_dirs: Sequence, pairs: Optional[PairPool]) -> None:
+    def _setup_alignment(self, pair_dirs: Sequence, pairs: Optional[PairPool], sweep_dirs: Sequence = ()) -> None:
         """The paired feature-alignment loss (sft.align_weight): pairs from ``pair_dirs`` (or given);
-        off when there are none; pairs without the weight only measure the distance after training."""
+        off when there are none; pairs without the weight only measure the distance after training.
+        ``sweep_dirs``: alignment sweeps, the real side of pairs that are no demonstration."""
         self.align_weight = float(self.cfg.align_weight)
         self.last_align_loss = float("nan")
+        self.sweeps = None
+        if sweep_dirs:
+            if not pair_dirs and pairs is None:
+                raise ValueError("alignment sweeps (--sweeps) need their replays in the twin (--pairs)")
+            self.sweeps, _, sinfo = load_demo_pools(sweep_dirs, self.task, self.model_cfg, progress=self.progress,
+                                                    sweeps=True)
+            if sinfo["ignored_episodes"]:
+                self.log(f"warning: {sinfo['ignored_episodes']} episodes of the sweep directories are no "
+                         f"alignment sweeps; left out")
         if pairs is None and pair_dirs:
-            pairs, info = load_pair_pool(pair_dirs, self.task, self.model_cfg, self.real, self.progress)
+            pairs, info = load_pair_pool(pair_dirs, self.task, self.model_cfg, self.real, self.progress,
+                                         sweeps=self.sweeps)
             for path, reason in info["skipped_files"]:
                 self.log(f"skipped {path}: {reason}")
             if info["unmatched_episodes"]:
@@ -258,8 +272,10 @@ class SFTTrainer:
             self.log(f"warning: {len(self.pairs)} paired steps given but sft.align_weight is 0: not trained on, "
                      f"only their feature distance is reported after training")
         elif self.pairs is not None:
+            n_sweep = int(self.pairs.sweep.sum())
+            sweeps = f", {n_sweep} of them of alignment sweeps" if n_sweep else ""
             self.log(f"paired feature alignment on {len(self.pairs)} steps of {len(self.pairs.episodes)} "
-                     f"replays (weight {self.align_weight}, {self.cfg.align_batch} pairs per step)")
+                     f"replays{sweeps} (weight {self.align_weight}, {self.cfg.align_batch} pairs per step)")
 
     def _setup_object_aux(self) -> None:
         """The auxiliary object-pose loss (sft.object_aux_weight): standardisation of the
@@ -373,7 +389,7 @@ class SFTTrainer:
         are the images'. ``idx``: pair indices (default: ``align_batch`` drawn at random)."""
         if idx is None:
             idx = torch.randint(0, len(self.pairs), (self.cfg.align_batch,), generator=self.generator).numpy()
-        real = make_batch(self.policy, self.real.batch(self.pairs.real_index[idx]), self.task_index)
+        real = make_batch(self.policy, self.pairs.real_batch(idx, self.real, self.sweeps), self.task_index)
         twin = dict(real, third_person=images_to_tensor(self.pairs.third_person[idx]),
                     wrist=images_to_tensor(self.pairs.wrist[idx]))
         other = dict(real, third_person=real["third_person"].roll(1, 0), wrist=real["wrist"].roll(1, 0))

@@ -238,9 +238,7 @@ def calibrate_twin(twin_dir, demos, pairs_out=None, cfg: Optional[FitConfig] = N
     import shutil
     import tempfile
 
-    from twinrl_bringup import dataset as ds
-
-    from .demogen.replay import episode_paths, pair_demos
+    from .demogen.replay import camera_overrides_of, episode_paths, pair_demos
     from .twin_assets import COLOUR_MAP_FILE, load_twin
 
     cfg = cfg or FitConfig()
@@ -254,11 +252,9 @@ def calibrate_twin(twin_dir, demos, pairs_out=None, cfg: Optional[FitConfig] = N
     paths = episode_paths(demos)
     if not paths:
         raise ColourMapError(f"colour map: no episodes in {demos}")
-    first = ds.load_episode(paths[0])
-    if "third_person" not in first.observations or "wrist" not in first.observations:
+    over = camera_overrides_of(paths[0])
+    if not all(f"{c}.height" in over for c in ("third_person", "wrist")):
         raise ColourMapError(f"colour map: {paths[0]} has no camera images to calibrate against")
-    sizes = {c: first.observations[c].shape[1:3] for c in ("third_person", "wrist")}
-    over = {f"{c}.{k}": int(v) for c, (h, w) in sizes.items() for k, v in (("height", h), ("width", w))}
     tmp = None
     if pairs_out is None:
         tmp = tempfile.mkdtemp(prefix="twinrl-calibrate-")

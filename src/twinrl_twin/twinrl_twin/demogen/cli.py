@@ -4,6 +4,8 @@
         --workers K --out DIR [--seed S] [--json]
     twinrl demos replay DIR [DIR ...] [--workers K] [--json]     transfer rate in the sim world
     twinrl demos pair --twin TWIN --demos DIR --out DIR [--json]  paired real/twin samples
+    twinrl demos sweep --paths TWIN_DEMOS --configurations REAL_DEMOS --out DIR [--json]
+        alignment sweeps in the sim world: the twin demos' arm paths in the real demos' cells
 """
 from __future__ import annotations
 
@@ -46,6 +48,15 @@ def register(subparsers) -> None:
     a.add_argument("--out", required=True, type=Path)
     a.add_argument("--json", action="store_true")
     a.set_defaults(func=cmd_pair)
+
+    w = sub.add_parser("sweep", help="alignment sweeps in the sim world: the twin demos' arm paths, objects left "
+                                     "where the real demos had them (pair them with twinrl demos pair)")
+    w.add_argument("--paths", required=True, nargs="+", type=Path, help="twin demos (dataset directories or files)")
+    w.add_argument("--configurations", required=True, nargs="+", type=Path,
+                   help="real demos whose initial configurations (and image sizes) the sweeps take")
+    w.add_argument("--out", required=True, type=Path)
+    w.add_argument("--json", action="store_true")
+    w.set_defaults(func=cmd_sweep)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
@@ -116,6 +127,31 @@ def cmd_pair(args) -> int:
         return _fail("pair", exc)
     print(f"{s['count']} pairs -> {s['out']}; twin replay succeeded in {s['twin_successes']}/{s['count']}, "
           f"outcome agreement with the originals {s['outcome_agreement']:.3f}")
+    if args.json:
+        print(json.dumps(s))
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from twinrl_bringup import dataset as ds
+
+    from ..sim import make_env
+    from .replay import camera_overrides_of, episode_paths, sweep_paths
+
+    try:
+        confs = episode_paths([str(d) for d in args.configurations])
+        if not confs:
+            raise ValueError(f"no episodes in {', '.join(map(str, args.configurations))}")
+        task = ds.load_episode(confs[0], images=False).task
+        env = make_env(task, render=True, camera_overrides=camera_overrides_of(confs[0]))
+        try:
+            s = sweep_paths(env, [str(d) for d in args.paths], [str(p) for p in confs], args.out,
+                            progress=sys.stderr.isatty() or not args.json)
+        finally:
+            env.close()
+    except (ds.DatasetError, ValueError, FileNotFoundError) as exc:
+        return _fail("sweep", exc)
+    print(f"{s['count']} alignment sweeps -> {s['out']}")
     if args.json:
         print(json.dumps(s))
     return 0

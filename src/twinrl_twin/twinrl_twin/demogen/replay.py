@@ -50,6 +50,14 @@ def episode_paths(source) -> list[Path]:
     return out
 
 
+def camera_overrides_of(episode_file) -> dict:
+    """Camera overrides (``third_person.height`` ...) rendering at the image sizes an episode
+    recorded: the other world's images of it must come out at the same sizes."""
+    ep = ds.load_episode(episode_file)
+    return {f"{c}.{k}": int(v) for c in ds.IMAGE_KEYS if c in ep.observations
+            for k, v in zip(("height", "width"), ep.observations[c].shape[1:3])}
+
+
 def replay_actions(env, configuration: dict, actions: np.ndarray, settle_steps: int = 10,
                    record: bool = False, in_hand_xy=None, targets=None) -> dict:
     """Reset ``env`` to ``configuration`` and apply ``actions`` open-loop. Returns success, the
@@ -185,12 +193,15 @@ def transfer_rate(source, workers: int = 1, settle_steps: int = 10, progress: bo
 def pair_demos(twin, demos, out, settle_steps: int = 0, camera_overrides: Optional[dict] = None,
                progress: bool = True) -> dict:
     """Replay each demonstration of ``demos`` in ``twin`` (its initial configuration, its actions)
-    and write the twin episode with its observations to ``out``, linked to the original."""
+    and write the twin episode with its observations to ``out``, linked to the original. The
+    twin's cameras render at the first demo's image sizes unless ``camera_overrides`` says."""
     from ..twin_env import make_twin_env
 
     paths = episode_paths(demos)
     if not paths:
         raise ValueError(f"no episodes in {demos}")
+    if camera_overrides is None:
+        camera_overrides = camera_overrides_of(paths[0])
     writer = ds.DatasetWriter(out)
     env = make_twin_env(twin, render=True, camera_overrides=camera_overrides)
     bar = None
@@ -237,6 +248,67 @@ def pair_demos(twin, demos, out, settle_steps: int = 0, camera_overrides: Option
     agree = sum(p["real_success"] == p["twin_success"] for p in pairs)
     return {"pairs": pairs, "count": len(pairs), "twin_successes": sum(p["twin_success"] for p in pairs),
             "outcome_agreement": agree / len(pairs), "out": str(out)}
+
+
+# ----------------------------------------------------------------------------- alignment sweeps
+def sweep_paths(env, paths, configurations, out, progress: bool = True) -> dict:
+    """Alignment sweeps: the robot of ``env`` (the real cell, or the sim world standing in for it)
+    follows each episode of ``paths`` (twin demos: where the twin moved the arm, OOD placements
+    included) while the cell stays as a real demo left it: episode i starts from the initial
+    configuration of ``configurations`` episode i mod n (their objects where the real demos had
+    them), is steered to the path's recorded commanded targets and given its gripper commands,
+    and its observations are written to ``out`` as a real episode marked as a sweep
+    (``twinrl_bringup.dataset.is_sweep``). No object is handled where the path expects one, so a sweep is no demonstration:
+    SFT leaves sweeps out of the imitation data; replayed in the twin (:func:`pair_demos`) they
+    give twin/real image pairs of arm poses the real demos never reached (``train sft --sweeps``)."""
+    path_files = episode_paths(paths)
+    conf_files = episode_paths(configurations)
+    if not path_files:
+        raise ValueError(f"sweep: no path episodes in {paths}")
+    if not conf_files:
+        raise ValueError(f"sweep: no configuration episodes in {configurations}")
+    confs = []
+    for p in conf_files:
+        ep = ds.load_episode(p, images=False)
+        if ep.task != env.task:
+            raise ValueError(f"sweep: {p}: a {ep.task!r} episode, the world is for {env.task!r}")
+        confs.append((ep.episode_id, ep.initial_configuration))
+    writer = ds.DatasetWriter(out)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(path_files), desc=f"alignment sweeps ({env.task})", unit="ep")
+    written = []
+    try:
+        for i, p in enumerate(path_files):
+            path = ds.load_episode(p, images=False)
+            if path.task != env.task:
+                raise ValueError(f"sweep: {p}: a {path.task!r} episode, the world is for {env.task!r}")
+            targets = _recorded_targets(path, str(p))
+            if targets is None:
+                raise ValueError(f"sweep: {p}: the path episode recorded no commanded targets (obs.command)")
+            conf_id, conf = confs[i % len(confs)]
+            res = replay_actions(env, conf, path.actions, settle_steps=0, record=True, targets=targets)
+            T = len(res["rewards"])
+            succ = np.asarray(res["success_flags"], bool)
+            trunc = np.zeros(T, bool)
+            trunc[-1:] = True
+            ep = ds.EpisodeData(
+                task=env.task, observations=ds.observation_arrays(res["observations"]),
+                actions=np.asarray(path.actions[:T], np.float32), rewards=np.asarray(res["rewards"], np.float32),
+                terminated=np.zeros(T, bool), truncated=trunc, success=succ,
+                source=np.full(T, ds.SOURCE_REAL, np.uint8), episode_source=ds.SOURCE_REAL,
+                initial_configuration=res["configuration"],
+                extra={"generator": ds.SWEEP_GENERATOR, "path_of": path.episode_id, "path_file": str(p),
+                       "configuration_of": conf_id})
+            written.append(str(writer.write_episode(ep)))
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return {"count": len(written), "episodes": written, "out": str(out)}
 
 
 def load_pairs(real_dir, twin_dir, images: bool = True) -> list[tuple]:
