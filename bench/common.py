@@ -35,22 +35,24 @@ def build_twin(task: str, root: Path) -> Path:
     return out
 
 
-def calibrated_twin(twin: Path, demos: Path, out: Path, progress: bool = False) -> Path:
+def calibrated_twin(twin: Path, demos: Path, out: Path, progress: bool = False, network: bool = False) -> Path:
     """A copy of ``twin`` at ``out``, colour-calibrated against ``demos`` (``twinrl twin
-    calibrate``); an ``out`` that already holds a colour map is reused. Prints the before/after."""
+    calibrate``; ``network``: its appearance network, ``--network``); an ``out`` that already
+    holds the calibration is reused. Prints the before/after."""
     import shutil
 
+    from twinrl_twin.appearance import AppearanceConfig
     from twinrl_twin.colour_map import calibrate_twin
-    from twinrl_twin.twin_assets import COLOUR_MAP_FILE
+    from twinrl_twin.twin_assets import APPEARANCE_FILE, COLOUR_MAP_FILE
 
     out = Path(out)
-    if (out / COLOUR_MAP_FILE).is_file():
+    if (out / (APPEARANCE_FILE if network else COLOUR_MAP_FILE)).is_file():
         return out
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(twin, out)
-    rep = calibrate_twin(out, [str(demos)], progress=progress)
-    print("colour map: " + ", ".join(f"{c} |twin - real| {v['mean_abs_diff_before']:.1f} -> "
+    rep = calibrate_twin(out, [str(demos)], progress=progress, network=AppearanceConfig() if network else None)
+    print(("appearance network: " if network else "colour map: ") + ", ".join(f"{c} |twin - real| {v['mean_abs_diff_before']:.1f} -> "
                                       f"{v['mean_abs_diff_after']:.1f}" for c, v in rep["cameras"].items()), flush=True)
     return out
 

@@ -17,7 +17,8 @@ the objects where the real demos had them, replayed in the twin for more alignme
 (``twinrl demos sweep``; checkpoints and results get ``_sw``).
 ``--colour-map`` colour-calibrates a copy of the twin (``twin_<task>_cm_...``) against the real
 demos before stage I and the pairs (``twinrl twin calibrate``, docs/twin.md; its twin demos,
-pairs, twin-mix checkpoints and results get ``_cm`` in their names). Prints ID,
+pairs, twin-mix checkpoints and results get ``_cm`` in their names); ``--appearance`` fits the
+twin's appearance network instead (``twinrl twin calibrate --network``; ``_ap``). Prints ID,
 OOD and average success rates with deltas against real-only, and writes ``table1_<task>.json``,
 ``table1_<task>.png`` (SR per mix) and one heatmap per mix to --out.
 
@@ -25,7 +26,7 @@ OOD and average success rates with deltas against real-only, and writes ``table1
         [--rollouts-per-cell 2] [--image-size 128,64] [--mixes 0/0 30/30 60/30 30/60]
         [--method affine] [--seeds 1] [--workers 2] [--root DIR] [--out DIR] [--json]
         [--post-success-steps K] [--action-noise M] [--twin-action-noise M] [--twin-approach-error M]
-        [--colour-map] [--sweeps] [--set model.KEY=V ...]
+        [--colour-map | --appearance] [--sweeps] [--set model.KEY=V ...]
 
 Everything (demos, twin, checkpoints) is kept under --root (default: a directory under the
 system temp dir named after the task), so a second run reuses what is there: the same
@@ -163,6 +164,10 @@ def main() -> int:
     ap.add_argument("--colour-map", action="store_true",
                     help="colour-calibrate the twin against the real demos (twinrl twin calibrate) before "
                          "stage I and the pairs; its twin demos, pairs, checkpoints and results get _cm")
+    ap.add_argument("--appearance", action="store_true",
+                    help="fit the twin's appearance network against the real demos (twinrl twin calibrate "
+                         "--network) before stage I and the pairs; its twin demos, pairs, checkpoints and results "
+                         "get _ap")
     ap.add_argument("--sweeps", action="store_true",
                     help="alignment sweeps: the twin demos' arm paths run in the sim world (objects where the "
                          "real demos had them) and replayed in the twin, more pairs for the feature alignment")
@@ -173,6 +178,8 @@ def main() -> int:
     args = ap.parse_args()
     if args.seeds < 1:
         ap.error(f"--seeds must be >= 1, got {args.seeds}")
+    if args.colour_map and args.appearance:
+        ap.error("--colour-map and --appearance are two calibrations of the twin's images; give one")
 
     from twinrl_policy.config import load_model_config, load_sft_config
     from twinrl_policy.evaluation import evaluate_grid, write_heatmap
@@ -196,8 +203,8 @@ def main() -> int:
     twin_jitter = f"_tn{args.twin_action_noise * 1000:g}mm" if args.twin_action_noise else ""
     if args.twin_approach_error:
         twin_jitter += f"_ta{args.twin_approach_error * 1000:g}mm"
-    if args.colour_map:
-        twin_jitter += "_cm"
+    calib = "_cm" if args.colour_map else "_ap" if args.appearance else ""
+    twin_jitter += calib
     twin_post = post + twin_jitter
     real = record_demos(args.task, root / f"real_{args.real}_{tag}_s{args.seed}{post}", args.real, "id",
                         seed=10_000 + args.seed, image_size=size, progress=progress,
@@ -221,8 +228,9 @@ def main() -> int:
     pools = {"id": [], "ood": []}
     if n_id or n_ood:
         twin = build_twin(args.task, root)
-        if args.colour_map:
-            twin = calibrated_twin(twin, real, root / f"{twin.name}_cm_{tag}_s{args.seed}{post}", progress)
+        if calib:
+            twin = calibrated_twin(twin, real, root / f"{twin.name}{calib}_{tag}_s{args.seed}{post}", progress,
+                                   network=args.appearance)
         twin_dir = root / f"twin_demos_{args.method}_{tag}_s{args.seed}{twin_post}"
         pools = twin_pools(twin_dir) if twin_dir.exists() else pools
         # every slot is needed: more tries per slot than the product's default (the first tries
@@ -264,7 +272,7 @@ def main() -> int:
         # the real demos replayed in the twin: pairs for the feature-alignment loss (twin mixes only)
         from twinrl_twin.demogen.replay import pair_demos
 
-        pdir = root / f"pairs_{tag}_s{args.seed}{post}{'_cm' if args.colour_map else ''}"
+        pdir = root / f"pairs_{tag}_s{args.seed}{post}{calib}"
         if not pdir.exists() or len(Dataset(pdir)) < args.real:
             if pdir.exists():
                 shutil.rmtree(pdir)

@@ -230,16 +230,20 @@ def _overlay(path: Path, cmap: ColourMap, pairs: list) -> None:
     Image.fromarray(np.concatenate(rows, axis=0)).save(path)
 
 
-def calibrate_twin(twin_dir, demos, pairs_out=None, cfg: Optional[FitConfig] = None, progress: bool = True) -> dict:
-    """Replay the real ``demos`` in the twin as drawn (any old colour map left out), fit a colour
-    map on the paired images and write it to the twin directory (with ``colour_map.png``:
-    twin | calibrated twin | real). ``pairs_out``: keep the pairs there, a new or empty
-    directory (default: a temporary one). The twin's cameras render at the real images' sizes."""
+def calibrate_twin(twin_dir, demos, pairs_out=None, cfg: Optional[FitConfig] = None, progress: bool = True,
+                   network=None) -> dict:
+    """Replay the real ``demos`` in the twin as drawn (any old colour map or appearance network
+    left out), fit a colour map on the paired images and write it to the twin directory (with
+    ``colour_map.png``: twin | calibrated twin | real). With ``network`` (an
+    ``appearance.AppearanceConfig``) fit the appearance network instead (``appearance.pt``,
+    ``appearance.png``). ``pairs_out``: keep the pairs there, a new or empty directory
+    (default: a temporary one). The twin's cameras render at the real images' sizes."""
     import shutil
     import tempfile
 
+    from .appearance import fit_appearance, save_appearance
     from .demogen.replay import camera_overrides_of, episode_paths, pair_demos
-    from .twin_assets import COLOUR_MAP_FILE, load_twin
+    from .twin_assets import APPEARANCE_FILE, COLOUR_MAP_FILE, load_twin
 
     cfg = cfg or FitConfig()
     cfg.validate()
@@ -248,7 +252,7 @@ def calibrate_twin(twin_dir, demos, pairs_out=None, cfg: Optional[FitConfig] = N
                              "give a new directory")
     twin_dir = Path(twin_dir)
     assets = load_twin(twin_dir)
-    assets.colour_map = None
+    assets.colour_map = assets.appearance = None
     paths = episode_paths(demos)
     if not paths:
         raise ColourMapError(f"colour map: no episodes in {demos}")
@@ -263,17 +267,23 @@ def calibrate_twin(twin_dir, demos, pairs_out=None, cfg: Optional[FitConfig] = N
         info = pair_demos(assets, [str(p) for p in paths], pairs_out, camera_overrides=over, progress=progress)
         real_dirs = sorted({str(p.parent) for p in paths})
         samples = [x for d in real_dirs for x in paired_images(d, pairs_out, every=cfg.every)]
-        cmap = fit_colour_map(samples, cfg)
+        cmap = fit_colour_map(samples, cfg) if network is None else fit_appearance(samples, network, progress)
         before, after = mean_abs_difference(None, samples), mean_abs_difference(cmap, samples)
         shown = {}
         for c, twin, real in samples:
             shown.setdefault(c, (c, twin, real))
-        _overlay(twin_dir / "colour_map.png", cmap, list(shown.values()))
+        overlay = twin_dir / ("colour_map.png" if network is None else "appearance.png")
+        _overlay(overlay, cmap, list(shown.values()))
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+    if network is not None:
+        path = save_appearance(twin_dir / APPEARANCE_FILE, cmap)
+        return {"appearance": str(path), "overlay": str(overlay), "pairs": info["count"],
+                "cameras": {c: {"mean_abs_diff_before": before[c], "mean_abs_diff_after": after[c]}
+                            for c in cmap.cameras}}
     path = save_colour_map(twin_dir / COLOUR_MAP_FILE, cmap)
-    return {"colour_map": str(path), "overlay": str(twin_dir / "colour_map.png"), "pairs": info["count"],
+    return {"colour_map": str(path), "overlay": str(overlay), "pairs": info["count"],
             "levels": cmap.levels,
             "cameras": {c: {"bins": int((cmap.counts[c] >= cfg.min_samples).sum()),
                             "pixels": int(cmap.counts[c].sum()), "mean_abs_diff_before": before[c],

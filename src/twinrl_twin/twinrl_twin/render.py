@@ -168,6 +168,7 @@ class RenderConfig:
     lp_threads: int = 1
     far_field: bool = True          # draw the twin's far-field panorama behind everything (when it has one)
     colour_map: bool = True         # apply the twin's colour calibration (twinrl_twin.colour_map) when it has one
+    appearance: bool = True         # apply its appearance network (twinrl_twin.appearance) instead, when it has one
 
     def validate(self) -> None:
         if not 0 <= self.ambient <= 2 or not 0 <= self.diffuse <= 2:
@@ -285,6 +286,7 @@ class TwinRenderer:
         cfg = cfg or load_render_config()
         self.cfg = cfg
         self.colour_map = assets.colour_map if cfg.colour_map else None
+        self.appearance = assets.appearance if cfg.appearance else None
         self.background = tuple(cfg.background if cfg.background is not None
                                 else assets.background if assets.background is not None else DEFAULT_BACKGROUND)
         if cfg.lp_threads:
@@ -380,11 +382,13 @@ class TwinRenderer:
         link name -> 4x4; object/fixture poses 4x4 in the base frame. With ``static_camera``
         the point layer (scene + fixture) is rendered once per camera and fixture pose and
         reused (colour and depth), so a fixed camera only draws the meshes per frame.
-        ``camera``: the camera's name, whose colour calibration is applied when the twin has
-        one (``RenderConfig.colour_map``)."""
+        ``camera``: the camera's name, whose appearance network (``RenderConfig.appearance``)
+        or else colour calibration (``RenderConfig.colour_map``) is applied when the twin has one."""
         with self.ctx:          # make this context current (another GL user may share the thread)
             img = self._render(camera_pose, fovy, size, link_poses, object_pose, fixture_pose, static_camera)
-        if camera is not None and self.colour_map is not None:
+        if camera is not None and self.appearance is not None and camera in self.appearance.nets:
+            img = self.appearance.apply(camera, img)
+        elif camera is not None and self.colour_map is not None:
             img = self.colour_map.apply(camera, img)
         return img
 

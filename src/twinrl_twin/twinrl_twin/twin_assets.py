@@ -30,6 +30,8 @@ sibling + rename). Layout::
                          -180..180 deg about the base z axis (optional)
     colour_map.npz       colour calibration of the cameras against the real ones (optional,
                          written by `twinrl twin calibrate`; twinrl_twin.colour_map)
+    appearance.pt        appearance network of the cameras (optional, written by `twinrl twin
+                         calibrate --network`; twinrl_twin.appearance; drawn instead of the colour map)
     preview.png          both cameras at the scanned configuration
 
 :func:`load_twin` checks all of it and raises :class:`TwinAssetError` naming the bad file.
@@ -53,6 +55,7 @@ from twinrl_bringup.config import load_config, resolve_config_path
 TWIN_FORMAT_VERSION = 1
 TWIN_FILE = "twin.json"
 COLOUR_MAP_FILE = "colour_map.npz"
+APPEARANCE_FILE = "appearance.pt"
 FILES = ("scene_points.npz", "surface_mesh.npz", "fixture_points.npz", "object_mesh.npz", "fixture_mesh.npz",
          "robot_meshes.npz")
 
@@ -156,6 +159,7 @@ class TwinAssets:
     background: Optional[tuple[float, float, float]] = None   # RGB 0..1; None: twins built before it was kept
     far_field: Optional[np.ndarray] = None     # (H, 2H, 3) uint8 panorama (module doc); None: none
     colour_map: Optional[Any] = None           # twinrl_twin.colour_map.ColourMap (colour_map.npz); None: none
+    appearance: Optional[Any] = None           # twinrl_twin.appearance.AppearanceModel (appearance.pt); None: none
 
 
 # -- building -----------------------------------------------------------------------------------
@@ -632,6 +636,15 @@ def load_twin(path) -> TwinAssets:
             colour_map = load_colour_map(cm_path)
         except ColourMapError as exc:
             raise TwinAssetError(cm_path, str(exc).removeprefix(f"{cm_path}: ")) from exc
+    appearance = None
+    ap_path = root / APPEARANCE_FILE
+    if ap_path.is_file():
+        from .appearance import AppearanceError, load_appearance
+
+        try:
+            appearance = load_appearance(ap_path)
+        except AppearanceError as exc:
+            raise TwinAssetError(ap_path, str(exc).removeprefix(f"{ap_path}: ")) from exc
     obj = _load_npz(root / "object_mesh.npz", ("vertices", "faces", "colors"))
     fix = _load_npz(root / "fixture_mesh.npz", ("vertices", "faces", "colors"))
     srf = _load_npz(root / "surface_mesh.npz", ("vertices", "faces", "colors"))
@@ -655,4 +668,5 @@ def load_twin(path) -> TwinAssets:
         fixture_points=_cloud(root / "fixture_points.npz"),
         object_mesh=_mesh(root / "object_mesh.npz", obj["vertices"], obj["faces"], obj["colors"], "object"),
         fixture_mesh=_mesh(root / "fixture_mesh.npz", fix["vertices"], fix["faces"], fix["colors"], "fixture"),
-        robot=robot, meta=meta, background=background, far_field=far_field, colour_map=colour_map)
+        robot=robot, meta=meta, background=background, far_field=far_field, colour_map=colour_map,
+        appearance=appearance)

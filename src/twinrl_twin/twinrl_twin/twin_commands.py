@@ -45,6 +45,10 @@ def add_parsers(sub) -> None:
     c.add_argument("--pairs", type=Path, default=None, help="keep the twin replays of the demos here")
     c.add_argument("--levels", type=int, default=16, help="colour bins per channel (4, 8, 16, 32 or 64)")
     c.add_argument("--min-samples", type=int, default=50, help="pixels a colour bin needs to be corrected")
+    c.add_argument("--network", action="store_true",
+                   help="fit the appearance network instead (appearance.pt: corrects shapes and shading a colour "
+                        "map cannot; twinrl_twin.appearance)")
+    c.add_argument("--steps", type=int, default=None, help="--network: training steps per camera (default 1500)")
     c.add_argument("--json", action="store_true", help="print a JSON report on the last line")
     c.set_defaults(func=cmd_calibrate)
 
@@ -110,21 +114,30 @@ def cmd_rollout(args) -> int:
 def cmd_calibrate(args) -> int:
     from twinrl_bringup.dataset import DatasetError
 
+    from .appearance import AppearanceConfig
     from .colour_map import ColourMapError, FitConfig, calibrate_twin
     from .twin_assets import TwinAssetError
 
+    network = None
+    if args.network:
+        network = AppearanceConfig() if args.steps is None else AppearanceConfig(steps=args.steps)
     try:
         report = calibrate_twin(args.twin, [str(d) for d in args.demos], args.pairs,
                                 FitConfig(levels=args.levels, min_samples=args.min_samples),
-                                progress=sys.stderr.isatty() or not args.json)
+                                progress=sys.stderr.isatty() or not args.json, network=network)
     except (ColourMapError, DatasetError, TwinAssetError, ValueError, FileNotFoundError) as exc:
         print(f"twinrl twin calibrate: error: {exc}", file=sys.stderr)
         return 2
-    print(f"colour map written to {report['colour_map']} ({report['pairs']} demos replayed in the twin, "
-          f"{report['levels']} levels per channel); overlay {report['overlay']}")
+    if network is not None:
+        print(f"appearance network written to {report['appearance']} ({report['pairs']} demos replayed in the "
+              f"twin); overlay {report['overlay']}")
+    else:
+        print(f"colour map written to {report['colour_map']} ({report['pairs']} demos replayed in the twin, "
+              f"{report['levels']} levels per channel); overlay {report['overlay']}")
     for cam, v in report["cameras"].items():
-        print(f"  {cam:<13} mean |twin - real| {v['mean_abs_diff_before']:.1f} -> {v['mean_abs_diff_after']:.1f} "
-              f"({v['bins']} colour bins, {v['pixels']} pixels)")
+        extra = f" ({v['bins']} colour bins, {v['pixels']} pixels)" if network is None else ""
+        print(f"  {cam:<13} mean |twin - real| {v['mean_abs_diff_before']:.1f} -> {v['mean_abs_diff_after']:.1f}"
+              f"{extra}")
     if args.json:
         print(json.dumps(report))
     return 0
