@@ -95,6 +95,10 @@ class AppearanceModel:
     config: AppearanceConfig
     nets: dict = field(default_factory=dict)     # camera -> torch module
     sizes: dict = field(default_factory=dict)    # camera -> (height, width) it was trained for
+    # torch threads while correcting (the previous count is restored after): one, because the
+    # renderer runs in env workers beside others, where two threads per process made a 128 px
+    # image take 270 ms instead of 11 (CPU oversubscribed); 0 = leave torch's setting
+    threads: int = 1
 
     @property
     def cameras(self) -> list[str]:
@@ -118,10 +122,16 @@ class AppearanceModel:
         batch = image[None] if image.ndim == 3 else image
         out = np.empty_like(batch)
         net = self.nets[camera]
-        with torch.no_grad():
-            for s in range(0, len(batch), chunk):
-                y = _forward(net, _to_tensor(batch[s:s + chunk]))
-                out[s:s + chunk] = y.mul_(255.0).round_().byte().permute(0, 2, 3, 1).numpy()
+        before = torch.get_num_threads()
+        if self.threads > 0:
+            torch.set_num_threads(self.threads)
+        try:
+            with torch.no_grad():
+                for s in range(0, len(batch), chunk):
+                    y = _forward(net, _to_tensor(batch[s:s + chunk]))
+                    out[s:s + chunk] = y.mul_(255.0).round_().byte().permute(0, 2, 3, 1).numpy()
+        finally:
+            torch.set_num_threads(before)
         return out[0] if image.ndim == 3 else out
 
 
