@@ -49,7 +49,8 @@ FAST = AppearanceConfig(channels=8, dilations=[1, 2, 4, 1], steps=400, batch_siz
 def test_network_learns_what_a_colour_map_cannot_and_carries_it_to_new_placements():
     rng = np.random.default_rng(0)
     twin, real = scene(rng, 40, cols=(2, 14))              # blocks on the left: the "ID" placements
-    model = fit_appearance([("cam", twin, real)], FAST, progress=False)
+    # pairs come one episode at a time: several arrays of one camera
+    model = fit_appearance([("cam", twin[:25], real[:25]), ("cam", twin[25:], real[25:])], FAST, progress=False)
     held_twin, held_real = scene(np.random.default_rng(1), 12, cols=(16, 26))   # blocks on the right
     before = mean_abs_difference(None, [("cam", held_twin, held_real)])["cam"]
     after = mean_abs_difference(model, [("cam", held_twin, held_real)])["cam"]
@@ -75,7 +76,7 @@ def test_bad_input_and_config_are_named():
         fit_appearance([("cam", twin, real[:, :16])], FAST, progress=False)
     with pytest.raises(AppearanceError, match="no paired images"):
         fit_appearance([], FAST, progress=False)
-    with pytest.raises(AppearanceError, match="two image sizes"):
+    with pytest.raises(AppearanceError, match=r"two image sizes, \(32, 32\) and \(16, 16\)"):
         fit_appearance([("cam", twin, real), ("cam", twin[:, :16, :16].copy(), real[:, :16, :16].copy())],
                        FAST, progress=False)
     for bad in ({"channels": 0}, {"dilations": []}, {"steps": 0}, {"learning_rate": float("nan")}):

@@ -151,8 +151,8 @@ def fit_appearance(pairs: Iterable[tuple[str, np.ndarray, np.ndarray]], cfg: Opt
                 or real.dtype != np.uint8:
             raise AppearanceError(f"appearance: {camera}: twin and real images must be uint8 (N, H, W, 3) of one "
                                   f"shape, got {twin.shape} {twin.dtype} and {real.shape} {real.dtype}")
-        if camera in data and data[camera][0][0].shape != twin.shape[1:]:
-            raise AppearanceError(f"appearance: {camera}: pairs of two image sizes, {data[camera][0][0].shape[:2]} "
+        if camera in data and data[camera][0][0].shape[1:] != twin.shape[1:]:
+            raise AppearanceError(f"appearance: {camera}: pairs of two image sizes, {data[camera][0][0].shape[1:3]} "
                                   f"and {twin.shape[1:3]}")
         data.setdefault(camera, ([], []))
         data[camera][0].append(twin)
