@@ -52,8 +52,9 @@ def calibrated_twin(twin: Path, demos: Path, out: Path, progress: bool = False, 
         shutil.rmtree(out)
     shutil.copytree(twin, out)
     rep = calibrate_twin(out, [str(demos)], progress=progress, network=AppearanceConfig() if network else None)
-    print(("appearance network: " if network else "colour map: ") + ", ".join(f"{c} |twin - real| {v['mean_abs_diff_before']:.1f} -> "
-                                      f"{v['mean_abs_diff_after']:.1f}" for c, v in rep["cameras"].items()), flush=True)
+    gaps = ", ".join(f"{c} |twin - real| {v['mean_abs_diff_before']:.1f} -> {v['mean_abs_diff_after']:.1f}"
+                     for c, v in rep["cameras"].items())
+    print(("appearance network: " if network else "colour map: ") + gaps, flush=True)
     return out
 
 
