@@ -35,10 +35,10 @@ def build_twin(task: str, root: Path) -> Path:
     return out
 
 
-def calibrated_twin(twin: Path, demos: Path, out: Path, progress: bool = False, network: bool = False) -> Path:
+def calibrated_twin(twin: Path, demos: Path, out: Path, progress: bool = False, network=False) -> Path:
     """A copy of ``twin`` at ``out``, colour-calibrated against ``demos`` (``twinrl twin
-    calibrate``; ``network``: its appearance network, ``--network``); an ``out`` that already
-    holds the calibration is reused. Prints the before/after."""
+    calibrate``; ``network``: True or an AppearanceConfig for its appearance network,
+    ``--network``); an ``out`` that already holds the calibration is reused. Prints the before/after."""
     import shutil
 
     from twinrl_twin.appearance import AppearanceConfig
@@ -51,7 +51,9 @@ def calibrated_twin(twin: Path, demos: Path, out: Path, progress: bool = False, 
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(twin, out)
-    rep = calibrate_twin(out, [str(demos)], progress=progress, network=AppearanceConfig() if network else None)
+    if network is True:
+        network = AppearanceConfig()
+    rep = calibrate_twin(out, [str(demos)], progress=progress, network=network or None)
     gaps = ", ".join(f"{c} |twin - real| {v['mean_abs_diff_before']:.1f} -> {v['mean_abs_diff_after']:.1f}"
                      for c, v in rep["cameras"].items())
     print(("appearance network: " if network else "colour map: ") + gaps, flush=True)

@@ -10,12 +10,14 @@ PSNR (dB), per camera. With ``--peer`` a second twin is built from the same scan
 older flat grey clear colour (no far-field panorama) and measured the same way; the ratio
 twin / peer is printed. With ``--calibrate N`` the sim's expert records N ID demos (other
 starts than the measured ones), a copy of the twin is colour-calibrated against them
-(``twinrl twin calibrate``) and measured too; the ratio calibrated / twin is printed. An
+(``twinrl twin calibrate``) and measured too; the ratio calibrated / twin is printed. With
+``--network`` as well, a second copy gets the appearance network fitted on the same demos
+(``twinrl twin calibrate --network``), measured and printed the same way. An
 overlay PNG (sim | twin | |difference| per camera, one row per configuration) is written to
 --out.
 
     python bench/twin_fidelity.py [--task pick_and_place] [--twin DIR] [--configs 6]
-        [--steps 0 20 40] [--image-size 256,128] [--peer] [--calibrate N] [--out DIR] [--json]
+        [--steps 0 20 40] [--image-size 256,128] [--peer] [--calibrate N [--network]] [--out DIR] [--json]
 
 Without --twin a simulated scan of the task is made and a twin is built from it (ground-truth
 alignment) under a temporary directory.
@@ -105,11 +107,17 @@ def main() -> int:
     ap.add_argument("--peer", action="store_true", help="also measure a twin with a flat grey clear colour")
     ap.add_argument("--calibrate", type=int, default=0, metavar="N",
                     help="also measure a copy of the twin colour-calibrated against N sim expert demos")
+    ap.add_argument("--network", action="store_true",
+                    help="with --calibrate: also measure a copy with the appearance network fitted on those demos")
+    ap.add_argument("--network-steps", type=int, default=None, metavar="N",
+                    help="optimiser steps of the appearance network per camera (default: its config's)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.configs < 1 or min(args.steps) < 0:
         ap.error("--configs must be >= 1 and --steps >= 0")
+    if args.network and not args.calibrate:
+        ap.error("--network needs --calibrate N (the demos the network is fitted on)")
     size = tuple(int(v) for v in args.image_size.split(","))
     root = Path(tempfile.mkdtemp(prefix="twinrl-fidelity-"))
     twin = args.twin or build_twin(args.task, root)
@@ -136,6 +144,12 @@ def main() -> int:
         cal = calibrated_twin(Path(twin), demos, root / "twin_calibrated", progress)
         calibrated = f"colour-calibrated ({args.calibrate} demos)"
         variants.append((calibrated, cal))
+        if args.network:
+            from twinrl_twin.appearance import AppearanceConfig
+
+            net_cfg = AppearanceConfig(**({"steps": args.network_steps} if args.network_steps else {}))
+            net = calibrated_twin(Path(twin), demos, root / "twin_appearance", progress, network=net_cfg)
+            variants.append((f"appearance network ({args.calibrate} demos)", net))
     for name, d in variants:
         stats, rows = measure(args.task, d, args.configs, steps, size, progress)
         results[name] = {c: {"mean_abs_diff": float(np.mean([s[0] for s in v])),
@@ -157,6 +171,11 @@ def main() -> int:
         for c in CAMERAS:
             ratio = results[calibrated][c]["mean_abs_diff"] / max(results["twin"][c]["mean_abs_diff"], 1e-9)
             print(f"ratio calibrated / twin, {c}: {ratio:.2f}")
+        if args.network:
+            net_name = variants[-1][0]
+            for c in CAMERAS:
+                ratio = results[net_name][c]["mean_abs_diff"] / max(results["twin"][c]["mean_abs_diff"], 1e-9)
+                print(f"ratio appearance network / twin, {c}: {ratio:.2f}")
     print(f"overlay: {out / f'twin_fidelity_{args.task}.png'}")
     if args.json:
         print(json.dumps({"task": args.task, "twin": str(twin), "configs": args.configs, "steps": steps,
