@@ -24,7 +24,6 @@ fits and writes it.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
@@ -198,13 +197,9 @@ def save_appearance(path, model: AppearanceModel) -> Path:
             "cameras": {c: {"size": list(model.sizes[c]),
                             "state": {k: v.detach().clone() for k, v in model.nets[c].state_dict().items()}}
                         for c in model.cameras}}
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        torch.save(blob, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
+    from .scan import atomic_write
+
+    return atomic_write(path, lambda fh: torch.save(blob, fh))
 
 
 def load_appearance(path) -> AppearanceModel:

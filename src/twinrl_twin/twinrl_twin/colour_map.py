@@ -22,7 +22,6 @@ renderer applies it when the file is there (``RenderConfig.colour_map``).
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
@@ -148,13 +147,9 @@ def save_colour_map(path, cmap: ColourMap) -> Path:
     for c in cmap.cameras:
         arrays[f"offsets.{c}"] = cmap.offsets[c].astype(np.float32)
         arrays[f"counts.{c}"] = cmap.counts[c].astype(np.int64)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
+    from .scan import atomic_write
+
+    return atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
 
 def load_colour_map(path) -> ColourMap:
