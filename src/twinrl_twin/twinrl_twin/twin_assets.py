@@ -586,6 +586,16 @@ def _mesh(path: Path, v, f, c, what: str, allow_empty: bool = False) -> Coloured
     return ColouredMesh(v.astype(np.float32), f.astype(np.int32), c.astype(np.uint8))
 
 
+def _load_optional(path: Path, load, error):
+    """``load(path)`` where the file exists, else None; its ``error`` becomes TwinAssetError."""
+    if not path.is_file():
+        return None
+    try:
+        return load(path)
+    except error as exc:
+        raise TwinAssetError(path, str(exc).removeprefix(f"{path}: ")) from exc
+
+
 def load_twin(path) -> TwinAssets:
     root = Path(path)
     if not root.is_dir():
@@ -627,24 +637,11 @@ def load_twin(path) -> TwinAssets:
                 or far_field.shape[1] != 2 * far_field.shape[0] or far_field.shape[0] < 4:
             raise TwinAssetError(path, f"panorama must be (H, 2H, 3) uint8 with H >= 4, got "
                                        f"{far_field.shape} {far_field.dtype}")
-    colour_map = None
-    cm_path = root / COLOUR_MAP_FILE
-    if cm_path.is_file():
-        from .colour_map import ColourMapError, load_colour_map
+    from .appearance import AppearanceError, load_appearance
+    from .colour_map import ColourMapError, load_colour_map
 
-        try:
-            colour_map = load_colour_map(cm_path)
-        except ColourMapError as exc:
-            raise TwinAssetError(cm_path, str(exc).removeprefix(f"{cm_path}: ")) from exc
-    appearance = None
-    ap_path = root / APPEARANCE_FILE
-    if ap_path.is_file():
-        from .appearance import AppearanceError, load_appearance
-
-        try:
-            appearance = load_appearance(ap_path)
-        except AppearanceError as exc:
-            raise TwinAssetError(ap_path, str(exc).removeprefix(f"{ap_path}: ")) from exc
+    colour_map = _load_optional(root / COLOUR_MAP_FILE, load_colour_map, ColourMapError)
+    appearance = _load_optional(root / APPEARANCE_FILE, load_appearance, AppearanceError)
     obj = _load_npz(root / "object_mesh.npz", ("vertices", "faces", "colors"))
     fix = _load_npz(root / "fixture_mesh.npz", ("vertices", "faces", "colors"))
     srf = _load_npz(root / "surface_mesh.npz", ("vertices", "faces", "colors"))
