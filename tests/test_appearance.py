@@ -4,10 +4,7 @@ to placements it was not trained on, round-trips through its file and refuses co
 wrong image sizes; `twinrl twin calibrate --network` fits it and the twin then draws with it."""
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,6 +12,7 @@ import pytest
 from twinrl_twin.appearance import (AppearanceConfig, AppearanceError, fit_appearance, load_appearance,
                                     save_appearance)
 from twinrl_twin.colour_map import fit_colour_map, mean_abs_difference
+from twin_fixtures import assert_drawn_through, first_frames, run_calibrate
 
 TAN, RED, GREY = (193, 155, 118), (160, 30, 25), (128, 128, 128)
 
@@ -131,14 +129,7 @@ def test_calibrate_network_fits_the_twin_and_the_twin_draws_with_it(tiny_twins, 
     twin = tmp_path / "twin"
     shutil.copytree(tiny_twins("pick_and_place"), twin)
     _real_demo(tmp_path / "real")
-    cmd = [sys.executable, "-m", "twinrl_bringup.cli", "twin", "calibrate", "--twin", str(twin), "--demos",
-           str(tmp_path / "real"), "--network", "--steps", "150", "--json"]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=ros_env, timeout=600)
-    assert r.returncode == 0, r.stderr
-    report = json.loads(r.stdout.strip().splitlines()[-1])
-    for cam in ("third_person", "wrist"):
-        v = report["cameras"][cam]
-        assert v["mean_abs_diff_after"] < 0.8 * v["mean_abs_diff_before"], report
+    run_calibrate(twin, tmp_path / "real", ros_env, "--network", "--steps", "150", timeout=600)
     assert (twin / "appearance.pt").is_file() and (twin / "appearance.png").is_file()
     assert not (twin / "colour_map.npz").exists()
     assets = load_twin(twin)
@@ -146,16 +137,8 @@ def test_calibrate_network_fits_the_twin_and_the_twin_draws_with_it(tiny_twins, 
     real = ds.Dataset(tmp_path / "real").load(0)
     envs = [TwinEnv(assets, camera_overrides=SMALL),
             TwinEnv(assets, camera_overrides=SMALL, render_config=load_render_config(overrides=["appearance=false"]))]
-    try:
-        obs = [e.reset(options={"configuration": real.initial_configuration})[0] for e in envs]
-    finally:
-        for e in envs:
-            e.close()
-    for cam in ("third_person", "wrist"):
-        drawn, raw = obs[0][cam], obs[1][cam]
-        assert np.array_equal(drawn, assets.appearance.apply(cam, raw))
-        shot = real.observations[cam][0].astype(int)
-        assert np.abs(drawn.astype(int) - shot).mean() < np.abs(raw.astype(int) - shot).mean()
+    obs = first_frames(envs, real.initial_configuration)
+    assert_drawn_through(assets.appearance.apply, obs[0], obs[1], real)
     # the network is for the demos' image size; a twin env at another size is refused, named
     env = TwinEnv(assets)
     try:
