@@ -146,6 +146,11 @@ def test_calibrate_network_fits_the_twin_and_the_twin_draws_with_it(tiny_twins, 
             env.reset(options={"configuration": real.initial_configuration})
     finally:
         env.close()
+    # a colour map fitted next to the network is not what the twin draws: the report and a warning say so
+    _, report, err = run_calibrate(twin, tmp_path / "real", ros_env, "--min-samples", "10")
+    assert report["drawn"] == "appearance" and "appearance=false" in err, (report, err)
+    assets = load_twin(twin)
+    assert assets.colour_map is not None and assets.appearance is not None
     (twin / "appearance.pt").write_bytes(b"garbage")
     with pytest.raises(TwinAssetError, match="appearance.pt: unreadable"):
         load_twin(twin)

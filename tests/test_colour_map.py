@@ -126,8 +126,9 @@ def test_calibrate_cli_fits_the_twin_and_the_twin_draws_with_it(tiny_twins, tmp_
     twin = tmp_path / "twin"
     shutil.copytree(tiny_twins("pick_and_place"), twin)     # the session's twin stays as built
     _real_demo(tmp_path / "real")
-    cmd, _ = run_calibrate(twin, tmp_path / "real", ros_env, "--pairs", str(tmp_path / "pairs"),
-                           "--min-samples", "10")
+    cmd, report, err = run_calibrate(twin, tmp_path / "real", ros_env, "--pairs", str(tmp_path / "pairs"),
+                                     "--min-samples", "10")
+    assert report["drawn"] == "colour_map" and "warning" not in err, (report, err)
     assert (twin / "colour_map.npz").is_file() and (twin / "colour_map.png").is_file()
     assert len(ds.Dataset(tmp_path / "pairs")) == 1
 

@@ -30,7 +30,7 @@ def assert_drawn_through(correct, drawn_obs, raw_obs, real_episode, cameras=("th
 
 def run_calibrate(twin, demos, env, *extra, timeout=300):
     """`twinrl twin calibrate --twin TWIN --demos DEMOS EXTRA... --json`: it must succeed and bring
-    both cameras at least 20 % nearer the real shots. Returns the command and its report."""
+    both cameras at least 20 % nearer the real shots. Returns the command, its report and its stderr."""
     cmd = [sys.executable, "-m", "twinrl_bringup.cli", "twin", "calibrate", "--twin", str(twin), "--demos",
            str(demos), *extra, "--json"]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
@@ -39,4 +39,4 @@ def run_calibrate(twin, demos, env, *extra, timeout=300):
     for cam in ("third_person", "wrist"):
         v = report["cameras"][cam]
         assert v["mean_abs_diff_after"] < 0.8 * v["mean_abs_diff_before"], report
-    return cmd, report
+    return cmd, report, r.stderr

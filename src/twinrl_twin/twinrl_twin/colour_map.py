@@ -232,7 +232,9 @@ def calibrate_twin(twin_dir, demos, pairs_out=None, cfg: Optional[FitConfig] = N
     ``colour_map.png``: twin | calibrated twin | real). With ``network`` (an
     ``appearance.AppearanceConfig``) fit the appearance network instead (``appearance.pt``,
     ``appearance.png``). ``pairs_out``: keep the pairs there, a new or empty directory
-    (default: a temporary one). The twin's cameras render at the real images' sizes."""
+    (default: a temporary one). The twin's cameras render at the real images' sizes. The report's
+    ``drawn`` says which correction the twin now draws: an appearance network is drawn instead of
+    a colour map (``RenderConfig``), so a colour map fitted next to one is ``"appearance"``."""
     import shutil
     import tempfile
 
@@ -274,11 +276,13 @@ def calibrate_twin(twin_dir, demos, pairs_out=None, cfg: Optional[FitConfig] = N
             shutil.rmtree(tmp, ignore_errors=True)
     if network is not None:
         path = save_appearance(twin_dir / APPEARANCE_FILE, cmap)
-        return {"appearance": str(path), "overlay": str(overlay), "pairs": info["count"],
+        return {"appearance": str(path), "overlay": str(overlay), "pairs": info["count"], "drawn": "appearance",
                 "cameras": {c: {"mean_abs_diff_before": before[c], "mean_abs_diff_after": after[c]}
                             for c in cmap.cameras}}
     path = save_colour_map(twin_dir / COLOUR_MAP_FILE, cmap)
+    shadowed = twin_dir / APPEARANCE_FILE
     return {"colour_map": str(path), "overlay": str(overlay), "pairs": info["count"],
+            "drawn": "appearance" if shadowed.exists() else "colour_map",
             "levels": cmap.levels,
             "cameras": {c: {"bins": int((cmap.counts[c] >= cfg.min_samples).sum()),
                             "pixels": int(cmap.counts[c].sum()), "mean_abs_diff_before": before[c],

@@ -138,6 +138,10 @@ def cmd_calibrate(args) -> int:
         extra = f" ({v['bins']} colour bins, {v['pixels']} pixels)" if network is None else ""
         print(f"  {cam:<13} mean |twin - real| {v['mean_abs_diff_before']:.1f} -> {v['mean_abs_diff_after']:.1f}"
               f"{extra}")
+    if report["drawn"] != ("appearance" if network is not None else "colour_map"):
+        print(f"twinrl twin calibrate: warning: {args.twin} also has an appearance network (appearance.pt), "
+              "which the twin draws instead of the colour map; remove it, or render with appearance=false, "
+              "to draw the colour map", file=sys.stderr)
     if args.json:
         print(json.dumps(report))
     return 0
