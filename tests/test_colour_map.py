@@ -171,3 +171,14 @@ def test_calibrate_cli_fits_the_twin_and_the_twin_draws_with_it(tiny_twins, tmp_
     (twin / "colour_map.npz").unlink()
     r = subprocess.run(cmd[:8] + [str(lowdim)], capture_output=True, text=True, env=ros_env, timeout=300)
     assert r.returncode == 2 and "no camera images" in r.stderr, r.stderr
+
+    # demos at two image sizes: the twin replays at the first one's, the other is named, exit 2
+    mixed = tmp_path / "mixed"
+    shutil.copytree(tmp_path / "real", mixed)
+    small = ds.Dataset(tmp_path / "real").load(0)
+    small.observations = {k: (v[:, ::2, ::2] if k in ("third_person", "wrist") else v)
+                          for k, v in small.observations.items()}
+    small.episode_id = ""
+    ds.DatasetWriter(mixed).write_episode(small)
+    r = subprocess.run(cmd[:8] + [str(mixed)], capture_output=True, text=True, env=ros_env, timeout=300)
+    assert r.returncode == 2 and "third_person" in r.stderr and "one image size" in r.stderr, r.stderr

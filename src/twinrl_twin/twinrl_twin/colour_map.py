@@ -195,6 +195,11 @@ def paired_images(real_dir, pairs_dir, cameras=("third_person", "wrist"), every:
         for c in cameras:
             if c not in real.observations or c not in twin.observations:
                 continue
+            if real.observations[c].shape[1:] != twin.observations[c].shape[1:]:
+                raise ColourMapError(
+                    f"colour map: {c}: real episode {(twin.extra or {}).get('pair_of')} of {real_dir} has "
+                    f"{real.observations[c].shape[1:]} images, its twin replay {twin.observations[c].shape[1:]} "
+                    "(the twin renders at the first demo's sizes): calibrate on demos of one image size")
             n = min(len(real.observations[c]), len(twin.observations[c]))
             found = True
             yield c, twin.observations[c][:n:every], real.observations[c][:n:every]
