@@ -1,4 +1,5 @@
 """frames node: markers (envelope, ID/OOD cells, success map) and frames (TF fallback)."""
+import importlib.util
 import time
 
 import numpy as np
@@ -71,11 +72,8 @@ def test_frames_node_publishes_tf_fallback_and_markers(rclpy_context, spawn_node
     latched = QoSProfile(depth=100, durability=DurabilityPolicy.TRANSIENT_LOCAL)
     markers, tf_static, tf = [], [], []
     node.create_subscription(MarkerArray, "/twinrl/markers", markers.append, latched)
-    try:
-        import tf2_msgs  # noqa: F401
+    if importlib.util.find_spec("tf2_msgs") is not None:
         pytest.skip("tf2_msgs installed: the /twinrl/tf fallback is not used")
-    except ImportError:
-        pass
     node.create_subscription(TransformStamped, "/twinrl/tf_static", tf_static.append, latched)
     node.create_subscription(TransformStamped, "/twinrl/tf", tf.append, 10)
     pub_tcp = node.create_publisher(PoseStamped, "/twinrl/tcp_pose", 10)
