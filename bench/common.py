@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 
 def camera_overrides(image_size: Optional[tuple[int, int]]) -> Optional[dict]:
     """``(third_person, wrist)`` square sizes -> the sim/twin cameras' override keys."""
@@ -63,16 +65,20 @@ def calibrated_twin(twin: Path, demos: Path, out: Path, progress: bool = False, 
 def record_demos(task: str, out: Path, n: int, region: str = "id", seed: int = 0,
                  image_size: Optional[tuple[int, int]] = None, progress: bool = False,
                  max_tries: Optional[int] = None, post_success_steps: int = 0,
-                 approach_error: float = 0.0, approach_yaw_error: float = 0.0, action_noise: float = 0.0) -> Path:
+                 approach_error: float = 0.0, approach_yaw_error: float = 0.0, action_noise: float = 0.0,
+                 source: str = "demo") -> Path:
     """``n`` successful scripted-expert episodes (seeds ``seed``, ``seed + 1``, ...) into ``out``;
     an existing dataset there with ``n`` episodes is reused. ``post_success_steps``,
-    ``approach_error``, ``approach_yaw_error``, ``action_noise``: see ``twinrl_twin.sim.record.record_episode``."""
+    ``approach_error``, ``approach_yaw_error``, ``action_noise``: see ``twinrl_twin.sim.record.record_episode``.
+    ``source``: the tag the episodes are written with ("twin" makes sim-world episodes stand in
+    for twin demos, as table1's oracle rows do)."""
     from tqdm import tqdm
 
-    from twinrl_bringup.dataset import Dataset, DatasetWriter
+    from twinrl_bringup.dataset import Dataset, DatasetWriter, source_id
     from twinrl_twin.sim import make_env
     from twinrl_twin.sim.record import record_episode
 
+    tag = source_id(source)
     out = Path(out)
     if out.exists() and len(Dataset(out)) >= n:
         return out
@@ -89,6 +95,9 @@ def record_demos(task: str, out: Path, n: int, region: str = "id", seed: int = 0
                                 action_noise=action_noise)
             s += 1
             if ep.is_success:
+                if tag != ep.episode_source:
+                    ep.source = np.full_like(ep.source, tag)
+                    ep.episode_source = tag
                 writer.write_episode(ep)
                 have += 1
                 bar.update(1)

@@ -14,7 +14,9 @@ twin demos' execution the same way (docs/policy.md, "A jittering hand in the dem
 ``--twin-approach-error M`` aims each twin demo's approach off and back (demogen approach_error).
 ``--sweeps`` also records alignment sweeps: the twin demos' arm paths run in the sim world with
 the objects where the real demos had them, replayed in the twin for more alignment pairs
-(``twinrl demos sweep``; checkpoints and results get ``_sw``).
+(``twinrl demos sweep``; checkpoints and results get ``_sw``). ``--oracle`` measures what a
+perfect twin would give: the twin demos are replaced by sim-world expert demos over the same ID
+and OOD regions (tagged as twin demos; no pairs).
 ``--colour-map`` colour-calibrates a copy of the twin (``twin_<task>_cm_...``) against the real
 demos before stage I and the pairs (``twinrl twin calibrate``, docs/twin.md; its twin demos,
 pairs, twin-mix checkpoints and results get ``_cm`` in their names); ``--appearance`` fits the
@@ -26,7 +28,7 @@ OOD and average success rates with deltas against real-only, and writes ``table1
         [--rollouts-per-cell 2] [--image-size 128,64] [--mixes 0/0 30/30 60/30 30/60]
         [--method affine] [--seeds 1] [--workers 2] [--root DIR] [--out DIR] [--json]
         [--post-success-steps K] [--action-noise M] [--twin-action-noise M] [--twin-approach-error M]
-        [--colour-map | --appearance] [--sweeps] [--set model.KEY=V ...]
+        [--colour-map | --appearance] [--sweeps] [--oracle] [--set model.KEY=V ...]
 
 Everything (demos, twin, checkpoints) is kept under --root (default: a directory under the
 system temp dir named after the task), so a second run reuses what is there: the same
@@ -171,6 +173,10 @@ def main() -> int:
     ap.add_argument("--sweeps", action="store_true",
                     help="alignment sweeps: the twin demos' arm paths run in the sim world (objects where the "
                          "real demos had them) and replayed in the twin, more pairs for the feature alignment")
+    ap.add_argument("--oracle", action="store_true",
+                    help="an upper bound for the twin mixes: their twin demos are sim-world expert demos over the "
+                         "same ID / OOD regions (jittered by --twin-action-noise), i.e. a perfect twin; no pairs; "
+                         "checkpoints and results get _oracle")
     ap.add_argument("--set", action="append", default=[], metavar="model.KEY=V|sft.KEY=V",
                     help="policy / SFT config override for every mix (e.g. sft.object_aux_weight=1.0); "
                          "checkpoints of runs with overrides get their own names")
@@ -180,6 +186,9 @@ def main() -> int:
         ap.error(f"--seeds must be >= 1, got {args.seeds}")
     if args.colour_map and args.appearance:
         ap.error("--colour-map and --appearance are two calibrations of the twin's images; give one")
+    if args.oracle and (args.colour_map or args.appearance or args.sweeps or args.twin_approach_error):
+        ap.error("--oracle replaces the twin demos by sim-world demos: no --colour-map, --appearance, --sweeps "
+                 "or --twin-approach-error with it")
 
     from twinrl_policy.config import load_model_config, load_sft_config
     from twinrl_policy.evaluation import evaluate_grid, write_heatmap
@@ -204,7 +213,8 @@ def main() -> int:
     if args.twin_approach_error:
         twin_jitter += f"_ta{args.twin_approach_error * 1000:g}mm"
     calib = "_cm" if args.colour_map else "_ap" if args.appearance else ""
-    twin_jitter += calib
+    oracle_post = post + twin_jitter        # the oracle's demos: the twin demos' jitter, no calibration
+    twin_jitter += calib + ("_oracle" if args.oracle else "")
     twin_post = post + twin_jitter
     real = record_demos(args.task, root / f"real_{args.real}_{tag}_s{args.seed}{post}", args.real, "id",
                         seed=10_000 + args.seed, image_size=size, progress=progress,
@@ -212,7 +222,7 @@ def main() -> int:
                         approach_yaw_error=args.approach_yaw_error, action_noise=args.action_noise)
     from twinrl_bringup.dataset import Dataset
     seed_demo, first_seed = first_demo(real)
-    if args.action_noise:
+    if args.action_noise and not args.oracle:
         # stage I starts from one steady demo of the same start: a jittered seed's path would be
         # copied into every twin demo (and its presses into a surface are collisions in the twin)
         seed_demo = Dataset(record_demos(args.task, root / f"seed_demo_{tag}_s{args.seed}{steady}", 1, "id",
@@ -226,7 +236,16 @@ def main() -> int:
     n_ood = max(m[1] for m in args.mixes)
     twin_info = None
     pools = {"id": [], "ood": []}
-    if n_id or n_ood:
+    if args.oracle and (n_id or n_ood):
+        # a perfect twin: the twin demos' regions recorded by the sim world's expert, tagged as twin demos
+        for region, n, off in (("id", n_id, 20_000), ("ood", n_ood, 30_000)):
+            if n:
+                d = record_demos(args.task, root / f"oracle_{region}_{n}_{tag}_s{args.seed}{oracle_post}", n, region,
+                                 seed=off + args.seed, image_size=size, progress=progress,
+                                 post_success_steps=args.post_success_steps, action_noise=args.twin_action_noise,
+                                 source="twin")
+                pools[region] = sorted(Dataset(d).path(i) for i in range(len(Dataset(d))))
+    elif n_id or n_ood:
         twin = build_twin(args.task, root)
         if calib:
             twin = calibrated_twin(twin, real, root / f"{twin.name}{calib}_{tag}_s{args.seed}{post}", progress,
@@ -268,7 +287,7 @@ def main() -> int:
         sft_over.append(f"alpha={args.alpha}")
         ckpt_tag += f"_alpha{args.alpha:g}"
     pair_dirs = []
-    if load_sft_config(None, sft_over).align_weight > 0 and (n_id or n_ood):
+    if load_sft_config(None, sft_over).align_weight > 0 and (n_id or n_ood) and not args.oracle:
         # the real demos replayed in the twin: pairs for the feature-alignment loss (twin mixes only)
         from twinrl_twin.demogen.replay import pair_demos
 

@@ -110,6 +110,41 @@ def test_table1_tiny_run(tmp_path, ros_env):
     assert len(list((tmp_path / "w").glob("pairs_*_an3mm_cm"))) == 1
 
 
+@pytest.mark.slow
+def test_table1_oracle_mix_uses_sim_world_demos_as_its_twin_demos(tmp_path, ros_env):
+    """--oracle: the twin mix's twin demos are sim-world expert demos over the same regions,
+    tagged as twin demos; no twin is built, no pairs are recorded, and its checkpoints and
+    results carry _oracle."""
+    from twinrl_bringup.dataset import Dataset, load_episode
+
+    cmd = [sys.executable, str(ROOT / "bench" / "table1.py"), "--task", "pick_and_place", "--real", "2",
+           "--mixes", "2/1", "--steps", "5", "--batch", "4", "--rollouts-per-cell", "1", "--time-limit", "5",
+           "--workers", "1", "--image-size", "64,32", "--root", str(tmp_path / "w"), "--oracle",
+           "--twin-action-noise", "0.002", "--json"]
+    r = subprocess.run(cmd, env=ros_env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    w = tmp_path / "w"
+    assert not list(w.glob("twin_*")) and not list(w.glob("pairs_*")) and not list(w.glob("seed_demo_*"))
+    oracle_id = Dataset(next(w.glob("oracle_id_2_*_tn2mm")))
+    oracle_ood = Dataset(next(w.glob("oracle_ood_1_*_tn2mm")))
+    assert [e["region"] for e in oracle_id.entries] == ["id", "id"] and [e["region"] for e in oracle_ood.entries] == ["ood"]
+    ep = load_episode(oracle_ood.path(0), images=False)
+    assert ep.is_success and ep.extra["action_noise"] == 0.002 and set(ep.source.tolist()) == {1}   # SOURCE_TWIN
+    real = Dataset(next(w.glob("real_2_*")))
+    assert all(e["episode_source"] == "demo" for e in real.entries)
+    mix = Dataset(next(w.glob("mix_2_1_*_oracle")))
+    assert sorted(e["region"] for e in mix.entries) == ["id", "id", "ood"]
+    assert all(e["episode_source"] == "twin" for e in mix.entries)
+    assert "real steps (2 episodes)" in r.stderr and "twin steps (3 episodes)" in r.stderr
+    assert "feature alignment off" in r.stderr
+    assert len(list(w.glob("sft_2_1_*_tn2mm_oracle_5_s0.ckpt"))) == 1
+    assert (w / "results" / "table1_pick_and_place_2_1_tn2mm_oracle.json").exists()
+    summary = json.loads(r.stdout.strip().splitlines()[-1])
+    assert [(row["twin_id"], row["twin_ood"]) for row in summary["rows"]] == [(2, 1)]
+    bad = subprocess.run(cmd + ["--appearance"], env=ros_env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--oracle replaces the twin demos" in bad.stderr
+
+
 def test_table1_rejects_a_bad_mix_or_seed_count(ros_env):
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "table1.py"), "--task", "pick_and_place",
                         "--mixes", "30-60"], env=ros_env, capture_output=True, text=True, timeout=60)
