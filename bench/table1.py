@@ -16,7 +16,9 @@ twin demos' execution the same way (docs/policy.md, "A jittering hand in the dem
 the objects where the real demos had them, replayed in the twin for more alignment pairs
 (``twinrl demos sweep``; checkpoints and results get ``_sw``). ``--oracle`` measures what a
 perfect twin would give: the twin demos are replaced by sim-world expert demos over the same ID
-and OOD regions (tagged as twin demos; no pairs).
+and OOD regions (tagged as twin demos; no pairs); ``--oracle paths`` keeps the twin demos'
+paths but executes and records them in the sim world (its images and physics, every path kept
+whether it succeeds there or not).
 ``--colour-map`` colour-calibrates a copy of the twin (``twin_<task>_cm_...``) against the real
 demos before stage I and the pairs (``twinrl twin calibrate``, docs/twin.md; its twin demos,
 pairs, twin-mix checkpoints and results get ``_cm`` in their names); ``--appearance`` fits the
@@ -28,7 +30,7 @@ OOD and average success rates with deltas against real-only, and writes ``table1
         [--rollouts-per-cell 2] [--image-size 128,64] [--mixes 0/0 30/30 60/30 30/60]
         [--method affine] [--seeds 1] [--workers 2] [--root DIR] [--out DIR] [--json]
         [--post-success-steps K] [--action-noise M] [--twin-action-noise M] [--twin-approach-error M]
-        [--colour-map | --appearance] [--sweeps] [--oracle] [--set model.KEY=V ...]
+        [--colour-map | --appearance] [--sweeps] [--oracle [demos|paths]] [--set model.KEY=V ...]
 
 Everything (demos, twin, checkpoints) is kept under --root (default: a directory under the
 system temp dir named after the task), so a second run reuses what is there: the same
@@ -173,10 +175,11 @@ def main() -> int:
     ap.add_argument("--sweeps", action="store_true",
                     help="alignment sweeps: the twin demos' arm paths run in the sim world (objects where the "
                          "real demos had them) and replayed in the twin, more pairs for the feature alignment")
-    ap.add_argument("--oracle", action="store_true",
-                    help="an upper bound for the twin mixes: their twin demos are sim-world expert demos over the "
-                         "same ID / OOD regions (jittered by --twin-action-noise), i.e. a perfect twin; no pairs; "
-                         "checkpoints and results get _oracle")
+    ap.add_argument("--oracle", nargs="?", const="demos", choices=["demos", "paths"], default=None,
+                    help="upper bounds for the twin mixes (no pairs): 'demos' (the default) trains them on sim-world "
+                         "expert demos over the same ID / OOD regions (jittered by --twin-action-noise), a perfect "
+                         "twin; 'paths' on the twin demos' own paths executed and recorded in the sim world (its "
+                         "images and physics); checkpoints and results get _oracle / _oraclepaths")
     ap.add_argument("--set", action="append", default=[], metavar="model.KEY=V|sft.KEY=V",
                     help="policy / SFT config override for every mix (e.g. sft.object_aux_weight=1.0); "
                          "checkpoints of runs with overrides get their own names")
@@ -186,9 +189,10 @@ def main() -> int:
         ap.error(f"--seeds must be >= 1, got {args.seeds}")
     if args.colour_map and args.appearance:
         ap.error("--colour-map and --appearance are two calibrations of the twin's images; give one")
-    if args.oracle and (args.colour_map or args.appearance or args.sweeps or args.twin_approach_error):
+    if args.oracle and (args.colour_map or args.appearance or args.sweeps
+                        or (args.oracle == "demos" and args.twin_approach_error)):
         ap.error("--oracle replaces the twin demos by sim-world demos: no --colour-map, --appearance, --sweeps "
-                 "or --twin-approach-error with it")
+                 "(or, for --oracle demos, --twin-approach-error) with it")
 
     from twinrl_policy.config import load_model_config, load_sft_config
     from twinrl_policy.evaluation import evaluate_grid, write_heatmap
@@ -213,8 +217,8 @@ def main() -> int:
     if args.twin_approach_error:
         twin_jitter += f"_ta{args.twin_approach_error * 1000:g}mm"
     calib = "_cm" if args.colour_map else "_ap" if args.appearance else ""
-    oracle_post = post + twin_jitter        # the oracle's demos: the twin demos' jitter, no calibration
-    twin_jitter += calib + ("_oracle" if args.oracle else "")
+    gen_post = post + twin_jitter           # how twin demos are made (jitter, approach): no calibration or oracle
+    twin_jitter += calib + {None: "", "demos": "_oracle", "paths": "_oraclepaths"}[args.oracle]
     twin_post = post + twin_jitter
     real = record_demos(args.task, root / f"real_{args.real}_{tag}_s{args.seed}{post}", args.real, "id",
                         seed=10_000 + args.seed, image_size=size, progress=progress,
@@ -236,11 +240,11 @@ def main() -> int:
     n_ood = max(m[1] for m in args.mixes)
     twin_info = None
     pools = {"id": [], "ood": []}
-    if args.oracle and (n_id or n_ood):
+    if args.oracle == "demos" and (n_id or n_ood):
         # a perfect twin: the twin demos' regions recorded by the sim world's expert, tagged as twin demos
         for region, n, off in (("id", n_id, 20_000), ("ood", n_ood, 30_000)):
             if n:
-                d = record_demos(args.task, root / f"oracle_{region}_{n}_{tag}_s{args.seed}{oracle_post}", n, region,
+                d = record_demos(args.task, root / f"oracle_{region}_{n}_{tag}_s{args.seed}{gen_post}", n, region,
                                  seed=off + args.seed, image_size=size, progress=progress,
                                  post_success_steps=args.post_success_steps, action_noise=args.twin_action_noise,
                                  source="twin")
@@ -250,7 +254,7 @@ def main() -> int:
         if calib:
             twin = calibrated_twin(twin, real, root / f"{twin.name}{calib}_{tag}_s{args.seed}{post}", progress,
                                    network=args.appearance)
-        twin_dir = root / f"twin_demos_{args.method}_{tag}_s{args.seed}{twin_post}"
+        twin_dir = root / f"twin_demos_{args.method}_{tag}_s{args.seed}{gen_post}{calib}"
         pools = twin_pools(twin_dir) if twin_dir.exists() else pools
         # every slot is needed: more tries per slot than the product's default (the first tries
         # are the same, so runs that needed no more are unchanged), and slots still empty after
@@ -269,6 +273,25 @@ def main() -> int:
             print(f"twin demos{' (top-up)' if rnd else ''}: {twin_info['generated']}/{twin_info['requested']} "
                   f"generated, {twin_info['demos_per_minute']:.0f}/min, rejections {twin_info['rejections']}",
                   flush=True)
+        if args.oracle == "paths":
+            # the twin demos' paths as the sim world makes of them: its images, its physics
+            from twinrl_twin.demogen.replay import rerecord_paths
+            from twinrl_twin.sim import make_env
+
+            odir = root / f"oracle_paths_{n_id}_{n_ood}_{tag}_s{args.seed}{gen_post}"
+            chosen = pools["id"][:n_id] + pools["ood"][:n_ood]
+            if not odir.exists() or len(Dataset(odir)) < len(chosen):
+                shutil.rmtree(odir, ignore_errors=True)
+                env = make_env(args.task, render=True, camera_overrides=camera_overrides(size))
+                try:
+                    info = rerecord_paths(env, [str(p) for p in chosen], odir, progress=progress)
+                finally:
+                    env.close()
+                print(f"twin demo paths in the sim world: {info['successes']}/{info['count']} succeed there",
+                      flush=True)
+            od = Dataset(odir)
+            pools = {r: sorted(od.path(i) for i in range(len(od)) if od.entries[i].get("region") == r)
+                     for r in ("id", "ood")}
 
     # 3. one SFT policy per mix, 4. grid evaluation in the sim world
     model_over = [f"third_person_size=[{size[0]},{size[0]}]", f"wrist_size=[{size[1]},{size[1]}]"]

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,6 +144,26 @@ def test_table1_oracle_mix_uses_sim_world_demos_as_its_twin_demos(tmp_path, ros_
     assert [(row["twin_id"], row["twin_ood"]) for row in summary["rows"]] == [(2, 1)]
     bad = subprocess.run(cmd + ["--appearance"], env=ros_env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--oracle replaces the twin demos" in bad.stderr
+
+    # --oracle paths: the twin demos are made in the twin, then their paths executed and recorded
+    # in the sim world (its images, the actions it was given), whether they succeed there or not
+    rp = subprocess.run(cmd[:cmd.index("--oracle")] + ["--oracle", "paths"] + cmd[cmd.index("--oracle") + 1:],
+                        env=ros_env, capture_output=True, text=True, timeout=600)
+    assert rp.returncode == 0, rp.stdout[-3000:] + rp.stderr[-3000:]
+    twin_demos = Dataset(next(w.glob("twin_demos_*_tn2mm")))
+    paths = Dataset(next(w.glob("oracle_paths_2_1_*_tn2mm")))
+    assert len(paths) == 3 and "twin demo paths in the sim world:" in rp.stdout
+    made = {e["episode_id"]: e for e in twin_demos.entries}
+    for i in range(len(paths)):
+        ep = load_episode(paths.path(i))
+        src = made[ep.extra["path_of"]]
+        assert ep.extra["generator"] == "rerecord" and ep.episode_source == 1 and set(ep.source.tolist()) == {1}
+        assert ep.length == src["length"] and np.isfinite(ep.actions).all()
+        assert ep.observations["third_person"].shape[1:3] == (64, 64)
+    mix = Dataset(next(w.glob("mix_2_1_*_oraclepaths")))
+    assert {e["episode_id"] for e in mix.entries} == {e["episode_id"] for e in paths.entries}
+    assert len(list(w.glob("sft_2_1_*_tn2mm_oraclepaths_5_s0.ckpt"))) == 1
+    assert not list(w.glob("pairs_*"))
 
 
 def test_table1_rejects_a_bad_mix_or_seed_count(ros_env):

@@ -6,6 +6,10 @@
   demonstrations. Their actions alone are replayed too (``open_loop_rate``): where the sim's
   robot side moves its target itself (a force stop the twin did not have), the actions, being
   relative to the previous target, carry that offset through the rest of the episode.
+* :func:`rerecord_paths`: each episode's path executed in another world (the sim world) from its
+  own initial configuration, steered to its recorded targets, and written with that world's
+  observations and the actions it applied: the twin demos' paths as that world makes of them
+  (bench/table1.py ``--oracle paths``).
 * :func:`pair_demos`: each (real) demonstration replayed in the twin under its own initial
   configuration, recording the twin's observations: paired real/twin samples. The twin
   episode carries ``extra["pair_of"]`` (the real episode id) and ``extra["pair_file"]``;
@@ -59,12 +63,14 @@ def camera_overrides_of(episode_file) -> dict:
 
 
 def replay_actions(env, configuration: dict, actions: np.ndarray, settle_steps: int = 10,
-                   record: bool = False, in_hand_xy=None, targets=None) -> dict:
+                   record: bool = False, in_hand_xy=None, targets=None, stop_at_success: bool = True) -> dict:
     """Reset ``env`` to ``configuration`` and apply ``actions`` open-loop. Returns success, the
-    step of the first success (or -1), and with ``record`` the observations/rewards/flags.
+    step of the first success (or -1), and with ``record`` the observations/rewards/flags and the
+    actions applied (``applied``: the steering actions where ``targets`` are given).
     ``in_hand_xy``: the twin's reset option of that name (None: not passed). ``targets``:
     (positions (T+1, 3), quaternions (T+1, 4)) commanded targets to steer to instead of the
-    actions' motion (their gripper commands are kept)."""
+    actions' motion (their gripper commands are kept). ``stop_at_success=False`` applies every
+    action (and the settle steps) instead of stopping at the first success."""
     actions = np.asarray(actions, dtype=float).reshape(-1, 7)
     if not np.all(np.isfinite(actions)):
         raise ValueError("replay: the episode's actions contain non-finite values")
@@ -77,8 +83,8 @@ def replay_actions(env, configuration: dict, actions: np.ndarray, settle_steps: 
     if in_hand_xy is not None:
         options["in_hand_xy"] = in_hand_xy          # checked by the twin
     obs, info = env.reset(options=options)
-    observations, rewards, success = [obs], [], []
-    first = -1
+    observations, rewards, success, applied = [obs], [], [], []
+    first, steps = -1, 0
     noop = np.zeros(7)
     noop[6] = actions[-1, 6] if len(actions) else -1.0
     for k in range(len(actions) + settle_steps):
@@ -88,17 +94,20 @@ def replay_actions(env, configuration: dict, actions: np.ndarray, settle_steps: 
             a = action_towards(p, q, P[k + 1], Q[k + 1], actions[k, 6])
         obs, reward, terminated, truncated, info = env.step(a)
         ok = bool(info.get("success", False))
+        steps = k + 1
         if record:
+            applied.append(np.asarray(a, dtype=np.float32))
             observations.append(obs)
             rewards.append(float(reward))
             success.append(ok)
-        if ok:
+        if ok and first < 0:
             first = k
+        if ok and stop_at_success:
             break
-    out = {"success": first >= 0, "first_success_step": first, "steps": (first + 1) if first >= 0 else
-           len(actions) + settle_steps, "configuration": dict(info.get("configuration", configuration))}
+    out = {"success": first >= 0, "first_success_step": first, "steps": steps,
+           "configuration": dict(info.get("configuration", configuration))}
     if record:
-        out.update(observations=observations, rewards=rewards, success_flags=success)
+        out.update(observations=observations, rewards=rewards, success_flags=success, applied=applied)
     return out
 
 
@@ -248,6 +257,56 @@ def pair_demos(twin, demos, out, settle_steps: int = 0, camera_overrides: Option
     agree = sum(p["real_success"] == p["twin_success"] for p in pairs)
     return {"pairs": pairs, "count": len(pairs), "twin_successes": sum(p["twin_success"] for p in pairs),
             "outcome_agreement": agree / len(pairs), "out": str(out)}
+
+
+# ----------------------------------------------------------------------------- paths in another world
+def rerecord_paths(env, paths, out, progress: bool = True) -> dict:
+    """Each episode of ``paths`` (twin demos) executed in ``env`` (the sim world) from its own
+    initial configuration, steered to its recorded commanded targets with its gripper commands,
+    for its own number of steps, and written to ``out`` with ``env``'s observations and the
+    actions ``env`` was given, tagged as a twin demo (``extra["path_of"]``). An upper bound of
+    what the twin demos' paths are worth with that world's images and physics; the episodes'
+    success is that world's verdict."""
+    path_files = episode_paths(paths)
+    if not path_files:
+        raise ValueError(f"rerecord: no path episodes in {paths}")
+    writer = ds.DatasetWriter(out)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(path_files), desc=f"twin demo paths in the sim world ({env.task})", unit="ep")
+    written, successes = [], 0
+    try:
+        for p in path_files:
+            path = ds.load_episode(p, images=False)
+            if path.task != env.task:
+                raise ValueError(f"rerecord: {p}: a {path.task!r} episode, the world is for {env.task!r}")
+            targets = _recorded_targets(path, str(p))
+            if targets is None:
+                raise ValueError(f"rerecord: {p}: the episode recorded no commanded targets (obs.command)")
+            # the whole path (a demo goes on past its success: release, retreat)
+            res = replay_actions(env, path.initial_configuration, path.actions, settle_steps=0, record=True,
+                                 targets=targets, stop_at_success=False)
+            T = len(res["rewards"])
+            succ = np.asarray(res["success_flags"], bool)
+            trunc = np.zeros(T, bool)
+            trunc[-1] = not succ[-1]
+            ep = ds.EpisodeData(
+                task=env.task, observations=ds.observation_arrays(res["observations"]),
+                actions=np.asarray(res["applied"], np.float32), rewards=np.asarray(res["rewards"], np.float32),
+                terminated=succ.copy(), truncated=trunc, success=succ,
+                source=np.full(T, ds.SOURCE_TWIN, np.uint8), episode_source=ds.SOURCE_TWIN,
+                initial_configuration=dict(path.initial_configuration),
+                extra={"generator": "rerecord", "path_of": path.episode_id, "path_file": str(p)})
+            written.append(str(writer.write_episode(ep)))
+            successes += bool(succ.any())
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return {"count": len(written), "successes": successes, "episodes": written, "out": str(out)}
 
 
 # ----------------------------------------------------------------------------- alignment sweeps
