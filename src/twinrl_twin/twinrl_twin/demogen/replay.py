@@ -123,6 +123,23 @@ def _demo_in_hand_xy(episode, task_obj):
         return None
 
 
+def _bar(progress: bool, total: int, desc: str):
+    """A tqdm bar over episodes, or None without progress."""
+    if not progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="ep")
+
+
+def _episode_of(path, task: str, who: str, world: str = "world"):
+    """Episode ``path`` without images, refused (naming ``who``) when it is of another task."""
+    ep = ds.load_episode(path, images=False)
+    if ep.task != task:
+        raise ValueError(f"{who}: {path}: a {ep.task!r} episode, the {world} is for {task!r}")
+    return ep
+
+
 # ----------------------------------------------------------------------------- twin -> sim transfer
 def _sim_env(task: str):
     from ..sim.env import make_env
@@ -161,11 +178,7 @@ def transfer_rate(source, workers: int = 1, settle_steps: int = 10, progress: bo
     if not paths:
         raise ValueError(f"no episodes in {source}")
     jobs = [(p, settle_steps) for p in paths]
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(jobs), desc="replay in the sim world", unit="ep")
+    bar = _bar(progress, len(jobs), "replay in the sim world")
     t0 = time.perf_counter()
     results = []
     if workers <= 1:
@@ -213,17 +226,11 @@ def pair_demos(twin, demos, out, settle_steps: int = 0, camera_overrides: Option
         camera_overrides = camera_overrides_of(paths[0])
     writer = ds.DatasetWriter(out)
     env = make_twin_env(twin, render=True, camera_overrides=camera_overrides)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(paths), desc=f"pairing demos in the twin ({env.task})", unit="ep")
+    bar = _bar(progress, len(paths), f"pairing demos in the twin ({env.task})")
     pairs = []
     try:
         for p in paths:
-            real = ds.load_episode(p, images=False)
-            if real.task != env.task:
-                raise ValueError(f"{p}: a {real.task!r} episode, the twin is for {env.task!r}")
+            real = _episode_of(p, env.task, "pair", "twin")
             targets = _recorded_targets(real, str(p))
             res = replay_actions(env, real.initial_configuration, real.actions, settle_steps, record=True,
                                  in_hand_xy=_demo_in_hand_xy(real, env.task_obj), targets=targets)
@@ -271,17 +278,11 @@ def rerecord_paths(env, paths, out, progress: bool = True) -> dict:
     if not path_files:
         raise ValueError(f"rerecord: no path episodes in {paths}")
     writer = ds.DatasetWriter(out)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(path_files), desc=f"twin demo paths in the sim world ({env.task})", unit="ep")
+    bar = _bar(progress, len(path_files), f"twin demo paths in the sim world ({env.task})")
     written, successes = [], 0
     try:
         for p in path_files:
-            path = ds.load_episode(p, images=False)
-            if path.task != env.task:
-                raise ValueError(f"rerecord: {p}: a {path.task!r} episode, the world is for {env.task!r}")
+            path = _episode_of(p, env.task, "rerecord")
             targets = _recorded_targets(path, str(p))
             if targets is None:
                 raise ValueError(f"rerecord: {p}: the episode recorded no commanded targets (obs.command)")
@@ -328,22 +329,14 @@ def sweep_paths(env, paths, configurations, out, progress: bool = True) -> dict:
         raise ValueError(f"sweep: no configuration episodes in {configurations}")
     confs = []
     for p in conf_files:
-        ep = ds.load_episode(p, images=False)
-        if ep.task != env.task:
-            raise ValueError(f"sweep: {p}: a {ep.task!r} episode, the world is for {env.task!r}")
+        ep = _episode_of(p, env.task, "sweep")
         confs.append((ep.episode_id, ep.initial_configuration))
     writer = ds.DatasetWriter(out)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(path_files), desc=f"alignment sweeps ({env.task})", unit="ep")
+    bar = _bar(progress, len(path_files), f"alignment sweeps ({env.task})")
     written = []
     try:
         for i, p in enumerate(path_files):
-            path = ds.load_episode(p, images=False)
-            if path.task != env.task:
-                raise ValueError(f"sweep: {p}: a {path.task!r} episode, the world is for {env.task!r}")
+            path = _episode_of(p, env.task, "sweep")
             targets = _recorded_targets(path, str(p))
             if targets is None:
                 raise ValueError(f"sweep: {p}: the path episode recorded no commanded targets (obs.command)")
