@@ -116,14 +116,15 @@ def training_status(ckpt: Path, model_cfg, sft_cfg) -> str:
         return "other"
 
 
-def twin_pools(twin_dir: Path) -> dict[str, list]:
-    """Successful twin episodes of ``twin_dir`` by region, in generation order."""
+def twin_pools(twin_dir: Path, success_only: bool = True) -> dict[str, list]:
+    """Twin episodes of ``twin_dir`` by region (the successful ones unless ``success_only`` is
+    False), in generation order."""
     from twinrl_bringup.dataset import Dataset
 
     d = Dataset(twin_dir)
     out = {"id": [], "ood": []}
     for i, entry in enumerate(d.entries):
-        if entry.get("success") and entry.get("region") in out:
+        if (entry.get("success") or not success_only) and entry.get("region") in out:
             out[entry["region"]].append(d.path(i))
     return out
 
@@ -248,7 +249,7 @@ def main() -> int:
                                  seed=off + args.seed, image_size=size, progress=progress,
                                  post_success_steps=args.post_success_steps, action_noise=args.twin_action_noise,
                                  source="twin")
-                pools[region] = sorted(Dataset(d).path(i) for i in range(len(Dataset(d))))
+                pools[region] = twin_pools(d)[region]
     elif n_id or n_ood:
         twin = build_twin(args.task, root)
         if calib:
@@ -289,9 +290,7 @@ def main() -> int:
                     env.close()
                 print(f"twin demo paths in the sim world: {info['successes']}/{info['count']} succeed there",
                       flush=True)
-            od = Dataset(odir)
-            pools = {r: sorted(od.path(i) for i in range(len(od)) if od.entries[i].get("region") == r)
-                     for r in ("id", "ood")}
+            pools = twin_pools(odir, success_only=False)      # every path, whether the sim succeeds or not
 
     # 3. one SFT policy per mix, 4. grid evaluation in the sim world
     model_over = [f"third_person_size=[{size[0]},{size[0]}]", f"wrist_size=[{size[1]},{size[1]}]"]

@@ -140,6 +140,21 @@ def _episode_of(path, task: str, who: str, world: str = "world"):
     return ep
 
 
+def _twin_episode(task: str, res: dict, actions, configuration: dict, extra: dict) -> "ds.EpisodeData":
+    """A recorded :func:`replay_actions` result as a twin-tagged episode: terminated where it
+    succeeds, truncated at its last step when that one does not."""
+    T = len(res["rewards"])
+    succ = np.asarray(res["success_flags"], bool)
+    trunc = np.zeros(T, bool)
+    if T and not succ[-1]:
+        trunc[-1] = True
+    return ds.EpisodeData(
+        task=task, observations=ds.observation_arrays(res["observations"]), actions=np.asarray(actions, np.float32),
+        rewards=np.asarray(res["rewards"], np.float32), terminated=succ.copy(), truncated=trunc, success=succ,
+        source=np.full(T, ds.SOURCE_TWIN, np.uint8), episode_source=ds.SOURCE_TWIN,
+        initial_configuration=configuration, extra=extra)
+
+
 # ----------------------------------------------------------------------------- twin -> sim transfer
 def _sim_env(task: str):
     from ..sim.env import make_env
@@ -235,22 +250,13 @@ def pair_demos(twin, demos, out, settle_steps: int = 0, camera_overrides: Option
             res = replay_actions(env, real.initial_configuration, real.actions, settle_steps, record=True,
                                  in_hand_xy=_demo_in_hand_xy(real, env.task_obj), targets=targets)
             T = len(res["rewards"])
-            obs = ds.observation_arrays(res["observations"])
             actions = np.asarray(real.actions[:T], dtype=np.float32)
             if T > len(real.actions):          # settle steps
                 pad = np.zeros((T - len(real.actions), 7), np.float32)
                 pad[:, 6] = real.actions[-1, 6]
                 actions = np.concatenate([actions, pad])
-            succ = np.asarray(res["success_flags"], bool)
-            term = succ.copy()
-            trunc = np.zeros(T, bool)
-            if T and not term[-1]:
-                trunc[-1] = True
-            twin_ep = ds.EpisodeData(
-                task=real.task, observations=obs, actions=actions, rewards=np.asarray(res["rewards"], np.float32),
-                terminated=term, truncated=trunc, success=succ, source=np.full(T, ds.SOURCE_TWIN, np.uint8),
-                episode_source=ds.SOURCE_TWIN, initial_configuration=res["configuration"],
-                extra={"generator": "pair", "pair_of": real.episode_id, "pair_file": str(p)})
+            twin_ep = _twin_episode(real.task, res, actions, res["configuration"],
+                                    {"generator": "pair", "pair_of": real.episode_id, "pair_file": str(p)})
             written = writer.write_episode(twin_ep)
             pairs.append({"real": str(p), "real_episode_id": real.episode_id, "twin": str(written),
                           "twin_episode_id": twin_ep.episode_id, "real_success": real.is_success,
@@ -289,19 +295,10 @@ def rerecord_paths(env, paths, out, progress: bool = True) -> dict:
             # the whole path (a demo goes on past its success: release, retreat)
             res = replay_actions(env, path.initial_configuration, path.actions, settle_steps=0, record=True,
                                  targets=targets, stop_at_success=False)
-            T = len(res["rewards"])
-            succ = np.asarray(res["success_flags"], bool)
-            trunc = np.zeros(T, bool)
-            trunc[-1] = not succ[-1]
-            ep = ds.EpisodeData(
-                task=env.task, observations=ds.observation_arrays(res["observations"]),
-                actions=np.asarray(res["applied"], np.float32), rewards=np.asarray(res["rewards"], np.float32),
-                terminated=succ.copy(), truncated=trunc, success=succ,
-                source=np.full(T, ds.SOURCE_TWIN, np.uint8), episode_source=ds.SOURCE_TWIN,
-                initial_configuration=dict(path.initial_configuration),
-                extra={"generator": "rerecord", "path_of": path.episode_id, "path_file": str(p)})
+            ep = _twin_episode(env.task, res, res["applied"], dict(path.initial_configuration),
+                               {"generator": "rerecord", "path_of": path.episode_id, "path_file": str(p)})
             written.append(str(writer.write_episode(ep)))
-            successes += bool(succ.any())
+            successes += bool(res["success"])
             if bar is not None:
                 bar.update(1)
     finally:
