@@ -524,3 +524,34 @@ def test_an_unclean_wipe_goes_over_its_strokes_again():
     assert ep.extra["wipe_passes"] == 1 and ep.length == len(path)
     with pytest.raises(ValueError, match="wipe_passes"):
         execute_path(clean, path, clean.configuration, wipe_passes=0)
+
+
+def test_a_jittered_wipe_keeps_the_demos_pressing_height():
+    """pressing_steps marks the steps whose target lies in the wipe (wipe_start through
+    wipe_end; a second pass's piece to its end); with action_noise, execute_path jitters those
+    targets sideways only: a deeper target is a force stop on a stiffer board than the twin's,
+    a higher one lifts the eraser off while the twin's contact tolerance still counts it."""
+    from twinrl_twin.demogen.execute import execute_path, jitter_actions, pressing_steps, split_wipe
+
+    path = _wipe_path()
+    mask = pressing_steps(path)
+    assert mask.tolist() == [False, True, True, True, True, True, False, False]
+    _, again, _ = split_wipe(path)
+    assert pressing_steps(again).tolist() == [False, False, True, True, True, True, True]
+    assert not pressing_steps(split_wipe(path)[2]).any()
+    a = path.actions()
+    with pytest.raises(ValueError, match="level_steps"):
+        jitter_actions(a, 0.003, np.random.default_rng(0), level_steps=mask[:-1])
+    world = _BoardWorld(path.positions[0], strokes_needed=4)
+    heights, sideways = [], []
+    for seed in range(20):
+        ep = execute_path(world, path, world.configuration, max_extra_steps=0, action_noise=0.003,
+                          rng=np.random.default_rng(seed))
+        cmd = np.cumsum(ep.actions[:, :3], axis=0) + path.positions[0]      # commanded targets
+        heights.append(cmd[1:6, 2])
+        sideways.append(cmd[1:6, :2] - path.positions[2:7, :2])
+    np.testing.assert_allclose(np.array(heights), 0.02, atol=1e-6)          # on the board, as the demo (float32)
+    assert np.abs(np.array(sideways)).max() > 1e-3                          # still jittered in the plane
+    # off the wipe the target still moves up and down (the approach above the board)
+    j = jitter_actions(a, 0.003, np.random.default_rng(3), press_limit=0.003)
+    assert abs(np.cumsum(j[:, 2] - a[:, 2])[0]) > 0

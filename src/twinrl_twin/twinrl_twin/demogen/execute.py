@@ -28,7 +28,8 @@ WAIT_STEP = 1e-5                # m: a path step moving less than this waits (th
 
 
 def jitter_actions(actions: np.ndarray, noise: float, rng: np.random.Generator,
-                   press_limit: Optional[float] = None, grip_quiet_steps: int = 0) -> np.ndarray:
+                   press_limit: Optional[float] = None, grip_quiet_steps: int = 0,
+                   level_steps: Optional[np.ndarray] = None) -> np.ndarray:
     """The path's delta actions with a jittering hand: step k's commanded target lands off the
     path by n_k ~ N(0, noise^2) per position axis and step k+1 returns to it
     (a'_k = a_k + n_k - n_{k-1}), as the sim expert's ``action_noise`` does. Steps that do not
@@ -36,7 +37,8 @@ def jitter_actions(actions: np.ndarray, noise: float, rng: np.random.Generator,
     offset, nor do the ``grip_quiet_steps`` steps before a gripper command change, the change
     itself and as many after it (the hand stays on the path while the fingers close or open).
     ``press_limit`` (m) bounds the downward offset (a held object is not pushed deeper into a
-    surface than that)."""
+    surface than that). ``level_steps`` ((T,) bool): steps whose offset stays horizontal, at the
+    path's height (:func:`pressing_steps`)."""
     a = np.array(actions, dtype=float, copy=True)
     if noise <= 0 or len(a) == 0:
         return a
@@ -45,12 +47,34 @@ def jitter_actions(actions: np.ndarray, noise: float, rng: np.random.Generator,
     n = rng.normal(0.0, noise, (len(a), 3))
     if press_limit is not None:
         n[:, 2] = np.maximum(n[:, 2], -abs(press_limit))
+    if level_steps is not None:
+        level = np.asarray(level_steps, dtype=bool).reshape(-1)
+        if level.shape != (len(a),):
+            raise ValueError(f"level_steps: expected {len(a)} flags, got {level.shape[0]}")
+        n[level, 2] = 0.0
     n[np.linalg.norm(a[:, :3], axis=1) < WAIT_STEP] = 0.0
     for k in np.nonzero(np.abs(np.diff(a[:, 6])) > 1e-9)[0] + 1:
         n[max(0, k - int(grip_quiet_steps)):k + int(grip_quiet_steps) + 1] = 0.0
     n[-1] = 0.0
     a[:, :3] += n - np.vstack([np.zeros((1, 3)), n[:-1]])
     return a
+
+
+def pressing_steps(path: EEPath) -> np.ndarray:
+    """(N-1,) bool: the path's steps that press a held object on a surface, i.e. whose target
+    lies in its wipe (``wipe_start`` through ``wipe_end``, or to the path's end for a piece that
+    has no ``wipe_end``). The demo pressed there as hard as it meant to, so a jittered target
+    leaves the path only sideways there (:func:`jitter_actions` ``level_steps``): deeper, a
+    stiffer contact than the twin's turns the offset into a force stop (the arm stops and the
+    wipe stalls while the twin's goes on); higher, the eraser leaves the board while the twin's
+    contact tolerance still counts it as wiping."""
+    seg = dict(path.segments)
+    mask = np.zeros(len(path), dtype=bool)
+    if "wipe_start" in seg:
+        ws = int(seg["wipe_start"])
+        we = int(seg.get("wipe_end", len(path)))
+        mask[max(0, ws - 1):max(0, we)] = True       # action k moves the target to pose k+1
+    return mask
 
 
 def offset_approach(path: EEPath, error: float, rng: np.random.Generator) -> tuple[EEPath, np.ndarray]:
@@ -111,7 +135,8 @@ def execute_path(env, path: EEPath, configuration: dict, collision_check: Option
     ``unreachable`` (the env did not place the object where asked), ``collision`` or
     ``task_failed``. ``action_noise`` (m): the path is stepped with :func:`jitter_actions`
     (``rng``), so the episode holds the way back from small offsets (a downward offset at most
-    ``action_noise``; none in the ``grip_quiet_steps`` around a grasp or release).
+    ``action_noise``, and only sideways in a wipe (:func:`pressing_steps`); no offset in the
+    ``grip_quiet_steps`` around a grasp or release).
     ``wipe_passes``: a wiping path whose wipe left the twin's task undone goes over its strokes
     again (:func:`split_wipe`), up to that many passes in all, before the rest of the path."""
     if not isinstance(path, EEPath):
@@ -164,7 +189,7 @@ def execute_path(env, path: EEPath, configuration: dict, collision_check: Option
         actions_to_run = piece.actions()
         if action_noise > 0:
             actions_to_run = jitter_actions(actions_to_run, action_noise, rng, press_limit=action_noise,
-                                            grip_quiet_steps=grip_quiet_steps)
+                                            grip_quiet_steps=grip_quiet_steps, level_steps=pressing_steps(piece))
         # Each step steers the twin's target to where the (jittered) path puts it: the same
         # actions while the twin applies every action to its previous target, and back on the
         # path after a contact force stop moved the target to the measured pose (as a
@@ -278,4 +303,5 @@ def generate_candidate(env, demo, keyframes, configuration: dict, method: str = 
                                             "path_steps": len(path)})
 
 
-__all__ = ["execute_path", "generate_candidate", "jitter_actions", "offset_approach", "split_wipe", "METHODS"]
+__all__ = ["execute_path", "generate_candidate", "jitter_actions", "offset_approach", "pressing_steps", "split_wipe",
+           "METHODS"]
