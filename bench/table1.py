@@ -219,7 +219,8 @@ def main() -> int:
         twin_jitter += f"_ta{args.twin_approach_error * 1000:g}mm"
     calib = "_cm" if args.colour_map else "_ap" if args.appearance else ""
     gen_post = post + twin_jitter           # how twin demos are made (jitter, approach): no calibration or oracle
-    twin_jitter += calib + {None: "", "demos": "_oracle", "paths": "_oraclepaths"}[args.oracle]
+    method = "" if args.method == "affine" else f"_{args.method}"     # stage I's method, when not the default
+    twin_jitter += method + calib + {None: "", "demos": "_oracle", "paths": "_oraclepaths"}[args.oracle]
     twin_post = post + twin_jitter
     real = record_demos(args.task, root / f"real_{args.real}_{tag}_s{args.seed}{post}", args.real, "id",
                         seed=10_000 + args.seed, image_size=size, progress=progress,
@@ -279,7 +280,7 @@ def main() -> int:
             from twinrl_twin.demogen.replay import rerecord_paths
             from twinrl_twin.sim import make_env
 
-            odir = root / f"oracle_paths_{n_id}_{n_ood}_{tag}_s{args.seed}{gen_post}"
+            odir = root / f"oracle_paths_{n_id}_{n_ood}_{tag}_s{args.seed}{gen_post}{method}"
             chosen = pools["id"][:n_id] + pools["ood"][:n_ood]
             if not odir.exists() or len(Dataset(odir)) < len(chosen):
                 shutil.rmtree(odir, ignore_errors=True)

@@ -109,6 +109,17 @@ def test_table1_tiny_run(tmp_path, ros_env):
     assert (tmp_path / "w" / "twin_pick_and_place_cm_64x32_s0_an3mm" / "colour_map.npz").is_file()
     assert not (tmp_path / "w" / "twin_pick_and_place" / "colour_map.npz").exists()
     assert len(list((tmp_path / "w").glob("pairs_*_an3mm_cm"))) == 1
+    # another stage I method: twin demos, mix, checkpoint and results of its own
+    r6 = subprocess.run(cmd[:cmd.index("--mixes")] + ["--mixes", "2/1", "--seeds", "1", "--method", "plan"]
+                        + cmd[cmd.index("--steps"):], env=ros_env, capture_output=True, text=True, timeout=600)
+    assert r6.returncode == 0, r6.stdout[-3000:] + r6.stderr[-3000:]
+    assert "SFT pick_and_place" in r6.stderr
+    assert extras and all(e["generator"] == "affine" for e in extras)
+    planned = Dataset(next((tmp_path / "w").glob("twin_demos_plan_*")))
+    assert {load_episode(planned.path(i), images=False).extra["generator"] for i in range(len(planned))} == {"plan"}
+    assert len(list((tmp_path / "w").glob("sft_2_1_*_plan_5_s0.ckpt"))) == 1 and default_ckpt.read_bytes() == before
+    assert len(Dataset(next((tmp_path / "w").glob("mix_2_1_*_plan")))) == 3
+    assert (out / "table1_pick_and_place_2_1_plan.json").exists()
 
 
 @pytest.mark.slow
