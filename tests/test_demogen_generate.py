@@ -289,7 +289,7 @@ def test_offset_approach_arrives_off_and_corrects_above_the_object():
     from twinrl_twin.demogen.path import EEPath
     from twinrl_twin.demogen.transfer import MAX_STEP
 
-    n_app, n_rest = 8, 6
+    n_app, n_rest = 6, 6                  # approach steps of 45 mm: the expert's full pace
     P = np.concatenate([np.linspace([0.45, 0.0, 0.35], [0.55, 0.1, 0.12], n_app + 1),
                         np.linspace([0.55, 0.1, 0.12], [0.55, 0.1, 0.03], n_rest + 1)[1:]])
     Q = np.tile([1.0, 0.0, 0.0, 0.0], (len(P), 1))
@@ -308,8 +308,14 @@ def test_offset_approach_arrives_off_and_corrects_above_the_object():
         assert marks["grasp"] == len(out.positions) - 1
         assert np.linalg.norm(np.diff(out.positions, axis=0), axis=1).max() <= MAX_STEP + 1e-9
         # the pose before the hover correction is off by e: the path's pose there plus e
-        np.testing.assert_allclose(out.positions[marks["approach"] - (len(out.positions) - len(P)) - 1],
-                                   P[n_app - 1] + e, atol=1e-9)
+        before = np.linalg.norm(out.positions[:a] - (P[n_app - 1] + e), axis=1)
+        assert before.min() < 1e-9, before.min()
+        # the approach keeps the path's pace: its steps up to that pose are as long as the path's
+        # (45 mm) give or take the offset's share, not split into halves
+        k = int(np.argmin(before))
+        steps = np.linalg.norm(np.diff(out.positions[:k + 1], axis=0), axis=1)
+        seed_step = np.linalg.norm(P[1] - P[0])
+        assert np.all(steps[:-1] > 0.8 * seed_step) and k <= n_app, (steps, k)
         offsets.append(e[:2])
     offsets = np.array(offsets)
     assert np.abs(offsets.mean(axis=0)).max() < 0.02 and offsets.std(axis=0).min() > 0.005

@@ -13,7 +13,7 @@ from twinrl_twin.demogen.keyframes import (extract_keyframes, grasp_in_object, i
                                            map_keyframes, place_in_target)
 from twinrl_twin.demogen.path import (REJECT_COLLISION, REJECT_ERROR, REJECT_UNREACHABLE, Candidate,
                                       CandidateRejected, Rejection)
-from twinrl_twin.demogen.transfer import MAX_ROT, MAX_STEP, affine_map, affine_transfer
+from twinrl_twin.demogen.transfer import MAX_ROT, MAX_STEP, affine_map, affine_transfer, run_steps
 
 _SEEDS: dict = {}
 
@@ -171,6 +171,44 @@ def test_unchanged_configuration_reproduces_the_demo():
     assert np.array_equal(np.unique(path.gripper), np.unique(demo.gripper))
 
 
+def test_run_steps_keep_the_demos_pace():
+    pace = np.array([0.2, 1.0, 1.0, 1.0, 0.4])               # speed up, cruise, slow down
+    assert np.allclose(run_steps(pace, pace.sum()), pace)   # the demo's own distance: its own steps
+    far = run_steps(pace, 5.6)                               # 2 more full steps' worth
+    assert len(far) == 7 and np.isclose(far.sum(), 5.6) and far.max() <= 1.0 + 1e-9
+    assert np.allclose(far[1:-1], far[1]) and far[1] > 0.95  # the cruise runs at the demo's pace
+    near = run_steps(pace, 1.5)
+    assert len(near) == 3 and np.isclose(near.sum(), 1.5)
+    tiny = run_steps(pace, 0.3)                              # shorter than speeding up and slowing down
+    assert len(tiny) == 2 and np.allclose(tiny / tiny.sum(), [1 / 3, 2 / 3])
+    with pytest.raises(ValueError, match="pace"):
+        run_steps([0.5, 0.0], 1.0)
+    with pytest.raises(ValueError, match="total"):
+        run_steps(pace, float("nan"))
+
+
+def test_a_farther_placement_takes_more_steps_at_the_demos_pace():
+    """The approach is walked at the expert's pace whatever the distance: a placement 12 cm
+    farther takes more steps at nearly the full 45 mm / 0.22 rad (splitting each mapped step
+    would have halved them), one under the start fewer; the gripper closes later or earlier."""
+    demo, kf = seed("pick_and_place")
+    approach = dict((k.name, k.index) for k in kf)["approach"]
+    out = {}
+    for name, (dx, dy) in (("far", (0.12, 0.05)), ("near", (-0.14, 0.1))):       # near: below the start
+        path = affine_transfer(demo, kf, map_keyframes(demo, kf, _moved_configuration(demo, dx=dx, dy=dy),
+                                                       "pick_and_place"))
+        a = dict(path.segments)["approach"]
+        # a step's effort: the larger of its distance and its turn as fractions of the limits
+        effort = np.array([max(np.linalg.norm(path.positions[i + 1] - path.positions[i]) / MAX_STEP,
+                               tf.quat_angle(path.quaternions[i], path.quaternions[i + 1]) / MAX_ROT)
+                           for i in range(a)])
+        assert a == int(np.ceil(effort.sum() - 1e-6)), (name, a, effort)
+        assert np.all(effort[:-1] > 0.8) and effort.max() <= 1 + 1e-6, (name, effort)
+        out[name] = (a, int(np.argmax(path.gripper > 0)))
+    assert out["far"][0] > approach > out["near"][0], (out, approach)
+    assert out["far"][1] > out["near"][1]
+
+
 @pytest.mark.parametrize("task", ["pick_and_place", "insert_hexagon"])
 def test_transfer_passes_through_mapped_keyframes(task):
     demo, kf = seed(task)
@@ -192,7 +230,6 @@ def test_transfer_passes_through_mapped_keyframes(task):
     # valid at 10 Hz: the per-step limits hold, the gripper schedule is the demo's
     step, rot = path.max_step()
     assert step <= MAX_STEP * (1 + 1e-4) and rot <= MAX_ROT * (1 + 1e-4)
-    assert len(path) >= demo.length
     g = at["grasp"]
     assert np.all(path.gripper[:g] < 0) and path.gripper[g] > 0
     acts = path.actions()

@@ -20,7 +20,7 @@ from twinrl_bringup.safety import action_towards
 from .keyframes import in_hand_xy, map_keyframes
 from .path import (REJECT_COLLISION, REJECT_ERROR, REJECT_TASK_FAILED, REJECT_UNREACHABLE, Candidate,
                    CandidateRejected, EEPath, Rejection)
-from .transfer import affine_transfer, retime
+from .transfer import affine_transfer, moving_runs, retime, retime_runs
 
 METHODS = ("affine", "plan")
 OBJECT_TOLERANCE = 0.001        # m: the applied object pose must match the requested one
@@ -83,7 +83,7 @@ def offset_approach(path: EEPath, error: float, rng: np.random.Generator) -> tup
     moved by ``w_k e``, ``e`` uniform in a horizontal disc of radius ``error`` (m) and ``w_k``
     rising linearly from 0 at the start to 1 at the pose before the hover, so the path
     arrives off by ``e`` and its last approach step corrects to the hover (split into steps the
-    envelope allows). Returns ``(path, e)``; the path is unchanged (and ``e`` zero) for
+    envelope allows); the approach keeps the path's pace (:func:`~.transfer.retime_runs`). Returns ``(path, e)``; the path is unchanged (and ``e`` zero) for
     ``error`` 0 or an approach shorter than two steps. As the sim expert's ``approach_error``:
     the episode then holds the way back from where a policy's own localisation error leaves it."""
     from ..sim.expert import disc_offset
@@ -94,7 +94,11 @@ def offset_approach(path: EEPath, error: float, rng: np.random.Generator) -> tup
     e = disc_offset(error, rng)
     P = path.positions.copy()
     P[1:a] += (np.arange(1, a) / (a - 1))[:, None] * e
-    P2, Q2, G2, index = retime(P, path.quaternions, path.gripper)
+    # walked at the path's own pace (the correction to the hover a step of its own), so the
+    # offset does not halve the pace of the whole approach as splitting each longer step would
+    runs = moving_runs(path.positions, path.quaternions, path.gripper,
+                       breaks=[i for _, i in path.segments] + [a - 1])
+    P2, Q2, G2, index = retime_runs(P, path.quaternions, path.gripper, runs)
     return EEPath(P2, Q2, G2, segments=[(name, int(index[i])) for name, i in path.segments]), e
 
 

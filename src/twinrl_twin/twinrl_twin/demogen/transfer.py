@@ -8,9 +8,20 @@ For each segment between consecutive keyframes ``k, k+1`` (demo poses ``a``, ``b
     q'(t)  = slerp(dR_a, dR_b, tau) * q(t),    dR = R' R^-1 at the segment ends
 
 so the segment ends land exactly on the new keyframes, and an unchanged configuration gives
-the demo back. The demo's gripper schedule is kept. :func:`retime` then splits every step
-longer than 0.045 m / 0.22 rad into equal sub-steps (same gripper command), so the path is
-valid at 10 Hz under the safety envelope (0.05 m / 0.25 rad).
+the demo back. The demo's gripper schedule is kept.
+
+The mapped path is then timed as the demo's expert moved (:func:`retime_runs`). Every run of
+the demo's moving steps (one gripper command, within one keyframe segment) is walked again
+along the mapped poses in the demo's own steps: the steps before its first full-pace one, as
+many full-pace steps as the new distance needs, the steps after its last full-pace one, scaled
+down to fit (:func:`run_steps`). A placement farther away takes more steps at the demo's
+speed, a nearer one fewer, as the expert's closed loop does, and an unchanged configuration
+still gives the demo back. Splitting each mapped step on its own instead halves the pace of a
+whole run as soon as its steps grow past the limit by a millimetre, and every demo then closes
+the gripper at the same step whatever the distance. Single steps and steps outside the runs
+(the demo standing still while its gripper moves) keep their count, split into equal sub-steps
+only where the map made one longer than 0.045 m / 0.22 rad (:func:`retime`). The path is valid
+at 10 Hz under the safety envelope (0.05 m / 0.25 rad).
 """
 from __future__ import annotations
 
@@ -102,14 +113,132 @@ def retime(positions, quaternions, gripper, max_step: float = MAX_STEP, max_rot:
     return np.array(out_p), tf.sign_continuous(out_q), np.array(out_g), np.array(index)
 
 
+MOVE_EPS = 1e-4         # m: a demo step shorter than this (and turning less than MOVE_EPS_ROT) stands still
+MOVE_EPS_ROT = 1e-3     # rad
+
+
+def _effort(P, Q, max_step: float, max_rot: float) -> np.ndarray:
+    """Per step of a pose sequence: the larger of (distance / max_step, angle / max_rot)."""
+    dp = np.linalg.norm(np.diff(P, axis=0), axis=1)
+    dr = np.array([tf.quat_angle(Q[k], Q[k + 1]) for k in range(len(P) - 1)])
+    return np.maximum(dp / max_step, dr / max_rot)
+
+
+def moving_runs(positions, quaternions, gripper, breaks=(), max_step: float = MAX_STEP,
+                max_rot: float = MAX_ROT) -> list[tuple[int, int, np.ndarray]]:
+    """The runs of moving steps of a pose sequence: ``(i0, i1, pace)`` for the maximal stretches
+    of steps ``i0 .. i1-1`` that each move (more than :data:`MOVE_EPS` m or
+    :data:`MOVE_EPS_ROT` rad), share one gripper command and have no pose of ``breaks``
+    strictly inside. ``pace[j]``: step ``i0 + j``'s larger of (distance / ``max_step``, angle /
+    ``max_rot``), capped at 1."""
+    P = np.asarray(positions, float)
+    Q = np.asarray(quaternions, float)
+    G = np.asarray(gripper, float).reshape(-1)
+    if len(P) != len(Q) or len(G) != len(P) - 1:
+        raise ValueError(f"moving_runs: {len(P)} positions, {len(Q)} quaternions, {len(G)} gripper commands")
+    dp = np.linalg.norm(np.diff(P, axis=0), axis=1)
+    dr = np.array([tf.quat_angle(Q[k], Q[k + 1]) for k in range(len(G))])
+    moving = (dp > MOVE_EPS) | (dr > MOVE_EPS_ROT)
+    pace = np.minimum(np.maximum(dp / max_step, dr / max_rot), 1.0)
+    cut = set(int(b) for b in breaks)
+    runs, k = [], 0
+    while k < len(G):
+        if not moving[k]:
+            k += 1
+            continue
+        i0 = k
+        k += 1
+        while k < len(G) and moving[k] and G[k] == G[i0] and k not in cut:
+            k += 1
+        runs.append((i0, k, pace[i0:k].copy()))
+    return runs
+
+
+def run_steps(pace, total: float) -> np.ndarray:
+    """Step lengths (in the units of ``pace``) that cover ``total`` as the demo covered its run:
+    the steps before its first full-pace step, as many full-pace steps as the distance needs
+    (the demo's own steps from its first to its last full-pace one when their count is
+    right), the steps after its last full-pace one, all scaled so that they add up to
+    ``total`` (no step longer than the demo's longest). ``pace`` itself when ``total`` is its
+    sum."""
+    pace = np.asarray(pace, float)
+    if len(pace) == 0 or not np.all(pace > 0) or not (np.isfinite(total) and total > 0):
+        raise ValueError(f"run_steps: pace {pace!r} must be positive and non-empty, total {total!r} positive")
+    top = float(pace.max())
+    full = np.flatnonzero(pace >= top * (1 - 1e-3))
+    head, middle, tail = pace[:full[0]], pace[full[0]:full[-1] + 1], pace[full[-1] + 1:]
+    rest = total - head.sum() - tail.sum()
+    m = max(0, int(math.ceil(rest / top - 1e-6)))
+    steps = np.concatenate([head, middle if m == len(middle) else np.full(m, top), tail])
+    return steps * (total / steps.sum())
+
+
+def retime_runs(positions, quaternions, gripper, runs, max_step: float = MAX_STEP, max_rot: float = MAX_ROT):
+    """Walk each run ``(i0, i1, pace)`` of :func:`moving_runs` (the demo's) again along the new
+    poses ``positions[i0..i1]`` in the demo's steps (:func:`run_steps`); steps outside the
+    runs go through :func:`retime`. Returns ``(positions, quaternions, gripper, index)`` as
+    :func:`retime`: the runs' end poses are kept exactly, a pose inside a run maps to the new
+    pose nearest to it."""
+    P = np.asarray(positions, float)
+    Q = tf.sign_continuous(np.asarray(quaternions, float))
+    G = np.asarray(gripper, float).reshape(-1)
+    if len(P) != len(Q) or len(G) != len(P) - 1:
+        raise ValueError(f"retime_runs: {len(P)} positions, {len(Q)} quaternions, {len(G)} gripper commands")
+    starts, last = {}, 0
+    for i0, i1, pace in sorted(runs, key=lambda r: r[0]):
+        if not (last <= i0 < i1 <= len(G)) or len(pace) != i1 - i0:
+            raise ValueError(f"retime_runs: run ({i0}, {i1}) with {len(pace)} paces overlaps another or lies "
+                             f"outside the path of {len(G)} steps")
+        starts[i0] = (i1, pace)
+        last = i1
+    out_p, out_q, out_g = [P[0]], [Q[0]], []
+    index = np.zeros(len(P), dtype=int)
+    k = 0
+    while k < len(G):
+        c = _effort(P[k:k + 2], Q[k:k + 2], max_step, max_rot)
+        if k not in starts or (starts[k][0] == k + 1 and c[0] <= 1.0):
+            i1 = k + 1
+            p, q, g, _ = retime(P[k:k + 2], Q[k:k + 2], G[k:k + 1], max_step, max_rot)
+            out_p.extend(p[1:])
+            out_q.extend(q[1:])
+            out_g.extend(g)
+            index[i1] = len(out_p) - 1
+            k = i1
+            continue
+        i1, pace = starts[k]
+        c = _effort(P[k:i1 + 1], Q[k:i1 + 1], max_step, max_rot)
+        s = np.concatenate([[0.0], np.cumsum(c)])
+        if s[-1] <= 0:                                   # the map stood the run still
+            steps = np.zeros(0)
+        else:
+            steps = run_steps(pace, float(s[-1]))
+        base = len(out_p) - 1
+        for sj in np.cumsum(steps)[:-1]:
+            i = int(np.clip(np.searchsorted(s, sj, side="right") - 1, 0, len(c) - 1))
+            u = 0.0 if c[i] <= 0 else float(np.clip((sj - s[i]) / c[i], 0.0, 1.0))
+            out_p.append(P[k + i] + u * (P[k + i + 1] - P[k + i]))
+            out_q.append(tf.slerp(Q[k + i], Q[k + i + 1], u) if u > 0 else Q[k + i])
+        out_p.append(P[i1])
+        out_q.append(Q[i1])
+        out_g.extend([G[k]] * max(1, len(steps)))
+        marks = np.concatenate([[0.0], np.cumsum(steps)]) if len(steps) else np.zeros(2)
+        for j in range(k + 1, i1):                       # inner poses: the nearest new pose
+            index[j] = base + int(np.argmin(np.abs(marks - s[j - k])))
+        index[i1] = len(out_p) - 1
+        k = i1
+    return np.array(out_p), tf.sign_continuous(out_q), np.array(out_g), index
+
+
 def affine_transfer(demo, keyframes, new_keyframes, max_step: float = MAX_STEP, max_rot: float = MAX_ROT) -> EEPath:
     """The new end-effector path (see module doc). ``path.segments`` lists ``(keyframe name,
     pose index in the new path)``."""
     P, Q = affine_map(demo, keyframes, new_keyframes)
     last = keyframes[-1].index
     G = np.asarray(demo.gripper[:last], float)
-    P2, Q2, G2, index = retime(P, Q, G, max_step, max_rot)
+    runs = moving_runs(demo.positions[:last + 1], demo.quaternions[:last + 1], G,
+                       breaks=[k.index for k in keyframes], max_step=max_step, max_rot=max_rot)
+    P2, Q2, G2, index = retime_runs(P, Q, G, runs, max_step, max_rot)
     return EEPath(P2, Q2, G2, segments=[(k.name, int(index[k.index])) for k in new_keyframes])
 
 
-__all__ = ["affine_map", "affine_transfer", "retime", "MAX_STEP", "MAX_ROT"]
+__all__ = ["affine_map", "affine_transfer", "moving_runs", "retime", "retime_runs", "run_steps", "MAX_STEP", "MAX_ROT"]
