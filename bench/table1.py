@@ -12,6 +12,7 @@ turns it off). ``--action-noise M`` records the real demos with a jittering expe
 starts from a steady demo of the first real demo's start); ``--twin-action-noise M`` jitters the
 twin demos' execution the same way (docs/policy.md, "A jittering hand in the demos");
 ``--twin-approach-error M`` aims each twin demo's approach off and back (demogen approach_error).
+``--twin-pace seed`` walks the affine twin demos at the seed demo's pace (demogen pace; names get ``_sp``).
 ``--sweeps`` also records alignment sweeps: the twin demos' arm paths run in the sim world with
 the objects where the real demos had them, replayed in the twin for more alignment pairs
 (``twinrl demos sweep``; checkpoints and results get ``_sw``). ``--oracle`` measures what a
@@ -30,6 +31,7 @@ OOD and average success rates with deltas against real-only, and writes ``table1
         [--rollouts-per-cell 2] [--image-size 128,64] [--mixes 0/0 30/30 60/30 30/60]
         [--method affine] [--seeds 1] [--workers 2] [--root DIR] [--out DIR] [--json]
         [--post-success-steps K] [--action-noise M] [--twin-action-noise M] [--twin-approach-error M]
+        [--twin-pace split|seed]
         [--colour-map | --appearance] [--sweeps] [--oracle [demos|paths]] [--set model.KEY=V ...]
 
 Everything (demos, twin, checkpoints) is kept under --root (default: a directory under the
@@ -166,6 +168,9 @@ def main() -> int:
     ap.add_argument("--twin-approach-error", type=float, default=0.0, metavar="M",
                     help="stage I aims each twin demo's approach off by up to M (m, horizontal) and "
                          "corrects it above the object (demogen approach_error)")
+    ap.add_argument("--twin-pace", choices=("split", "seed"), default="split",
+                    help="affine twin demos: split each step the map lengthened past the limit (default), or "
+                         "walk the seed demo's runs at its pace (demogen pace); seed gets _sp in every name")
     ap.add_argument("--colour-map", action="store_true",
                     help="colour-calibrate the twin against the real demos (twinrl twin calibrate) before "
                          "stage I and the pairs; its twin demos, pairs, checkpoints and results get _cm")
@@ -217,6 +222,8 @@ def main() -> int:
     twin_jitter = f"_tn{args.twin_action_noise * 1000:g}mm" if args.twin_action_noise else ""
     if args.twin_approach_error:
         twin_jitter += f"_ta{args.twin_approach_error * 1000:g}mm"
+    if args.twin_pace != "split":
+        twin_jitter += "_sp"
     calib = "_cm" if args.colour_map else "_ap" if args.appearance else ""
     gen_post = post + twin_jitter           # how twin demos are made (jitter, approach): no calibration or oracle
     method = "" if args.method == "affine" else f"_{args.method}"     # stage I's method, when not the default
@@ -262,7 +269,8 @@ def main() -> int:
         # are the same, so runs that needed no more are unchanged), and slots still empty after
         # them are topped up in new cells (another slot seed), up to TOP_UP_ROUNDS times
         dg_cfg = load_demogen_config(overrides=[f"action_noise={args.twin_action_noise}",
-                                                f"approach_error={args.twin_approach_error}"])
+                                                f"approach_error={args.twin_approach_error}",
+                                                f"pace={args.twin_pace}"])
         dg_cfg.max_attempts = max(dg_cfg.max_attempts, 8)
         for rnd in range(TOP_UP_ROUNDS + 1):
             need_id, need_ood = max(0, n_id - len(pools["id"])), max(0, n_ood - len(pools["ood"]))

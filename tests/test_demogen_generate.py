@@ -297,26 +297,32 @@ def test_offset_approach_arrives_off_and_corrects_above_the_object():
     path = EEPath(P, Q, G, segments=[("start", 0), ("approach", n_app), ("grasp", len(P) - 1)])
     same, e0 = offset_approach(path, 0.0, np.random.default_rng(0))
     assert same is path and not e0.any()
-    offsets = []
+    offsets, halved = [], 0
     for seed in range(20):
-        out, e = offset_approach(path, 0.04, np.random.default_rng(seed))
-        marks = dict(out.segments)
-        a = marks["approach"]
-        assert 0 < np.linalg.norm(e) <= 0.04 + 1e-12 and e[2] == 0.0
-        np.testing.assert_allclose(out.positions[0], P[0])
-        np.testing.assert_allclose(out.positions[a:], P[n_app:])          # hover on, unchanged
-        assert marks["grasp"] == len(out.positions) - 1
-        assert np.linalg.norm(np.diff(out.positions, axis=0), axis=1).max() <= MAX_STEP + 1e-9
-        # the pose before the hover correction is off by e: the path's pose there plus e
-        before = np.linalg.norm(out.positions[:a] - (P[n_app - 1] + e), axis=1)
-        assert before.min() < 1e-9, before.min()
-        # the approach keeps the path's pace: its steps up to that pose are as long as the path's
-        # (45 mm) give or take the offset's share, not split into halves
-        k = int(np.argmin(before))
-        steps = np.linalg.norm(np.diff(out.positions[:k + 1], axis=0), axis=1)
-        seed_step = np.linalg.norm(P[1] - P[0])
-        assert np.all(steps[:-1] > 0.8 * seed_step) and k <= n_app, (steps, k)
+        for pace in ("split", "seed"):
+            out, e = offset_approach(path, 0.04, np.random.default_rng(seed), pace=pace)
+            marks = dict(out.segments)
+            a = marks["approach"]
+            assert 0 < np.linalg.norm(e) <= 0.04 + 1e-12 and e[2] == 0.0
+            np.testing.assert_allclose(out.positions[0], P[0])
+            np.testing.assert_allclose(out.positions[a:], P[n_app:])          # hover on, unchanged
+            assert marks["grasp"] == len(out.positions) - 1
+            assert np.linalg.norm(np.diff(out.positions, axis=0), axis=1).max() <= MAX_STEP + 1e-9
+            # the pose before the hover correction is off by e: the path's pose there plus e
+            before = np.linalg.norm(out.positions[:a] - (P[n_app - 1] + e), axis=1)
+            assert before.min() < 1e-9, before.min()
+            # the approach up to that pose: "seed" keeps the path's pace (45 mm, give or take the
+            # offset's share); "split" halves every step the offset made longer than 45 mm
+            k = int(np.argmin(before))
+            steps = np.linalg.norm(np.diff(out.positions[:k + 1], axis=0), axis=1)
+            seed_step = np.linalg.norm(P[1] - P[0])
+            if pace == "seed":
+                assert np.all(steps[:-1] > 0.8 * seed_step) and k <= n_app, (steps, k)
+            elif k != n_app - 1:                  # the offset lengthened the (equal) steps: all halved
+                assert np.all(steps <= 0.6 * seed_step) and k == 2 * (n_app - 1), (steps, k)
+                halved += 1
         offsets.append(e[:2])
+    assert halved >= 5, halved
     offsets = np.array(offsets)
     assert np.abs(offsets.mean(axis=0)).max() < 0.02 and offsets.std(axis=0).min() > 0.005
     np.testing.assert_allclose(offset_approach(path, 0.04, np.random.default_rng(3))[0].positions,
@@ -345,6 +351,9 @@ def test_approach_error_aims_the_twin_demos_off_and_back(seeds, tiny_twins, tmp_
     np.testing.assert_allclose(ca[ka:ka + n], cp[k:], atol=1e-5)
     with pytest.raises(ValueError, match="approach_error"):
         load_demogen_config(overrides=["approach_error=0.2"]).validate()
+    assert load_demogen_config().pace == "split"
+    with pytest.raises(ValueError, match="pace"):
+        load_demogen_config(overrides=["pace=expert"]).validate()
 
 
 def test_pair_replay_follows_the_recorded_targets_through_force_stops(tiny_twins, tmp_path):

@@ -188,15 +188,21 @@ def test_run_steps_keep_the_demos_pace():
 
 
 def test_a_farther_placement_takes_more_steps_at_the_demos_pace():
-    """The approach is walked at the expert's pace whatever the distance: a placement 12 cm
+    """``pace="seed"``: the approach is walked at the expert's pace whatever the distance: a placement 12 cm
     farther takes more steps at nearly the full 45 mm / 0.22 rad (splitting each mapped step
     would have halved them), one under the start fewer; the gripper closes later or earlier."""
     demo, kf = seed("pick_and_place")
     approach = dict((k.name, k.index) for k in kf)["approach"]
+    far = map_keyframes(demo, kf, _moved_configuration(demo, dx=0.12, dy=0.05), "pick_and_place")
+    split = affine_transfer(demo, kf, far)                               # the default: each longer step halved
+    steps = np.linalg.norm(np.diff(split.positions[:dict(split.segments)["approach"] + 1], axis=0), axis=1)
+    assert np.median(steps) < 0.8 * MAX_STEP, steps
+    with pytest.raises(ValueError, match="pace"):
+        affine_transfer(demo, kf, far, pace="expert")
     out = {}
     for name, (dx, dy) in (("far", (0.12, 0.05)), ("near", (-0.14, 0.1))):       # near: below the start
         path = affine_transfer(demo, kf, map_keyframes(demo, kf, _moved_configuration(demo, dx=dx, dy=dy),
-                                                       "pick_and_place"))
+                                                       "pick_and_place"), pace="seed")
         a = dict(path.segments)["approach"]
         # a step's effort: the larger of its distance and its turn as fractions of the limits
         effort = np.array([max(np.linalg.norm(path.positions[i + 1] - path.positions[i]) / MAX_STEP,

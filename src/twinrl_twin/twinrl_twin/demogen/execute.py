@@ -20,7 +20,7 @@ from twinrl_bringup.safety import action_towards
 from .keyframes import in_hand_xy, map_keyframes
 from .path import (REJECT_COLLISION, REJECT_ERROR, REJECT_TASK_FAILED, REJECT_UNREACHABLE, Candidate,
                    CandidateRejected, EEPath, Rejection)
-from .transfer import affine_transfer, moving_runs, retime, retime_runs
+from .transfer import affine_transfer, check_pace, moving_runs, retime, retime_runs
 
 METHODS = ("affine", "plan")
 OBJECT_TOLERANCE = 0.001        # m: the applied object pose must match the requested one
@@ -77,13 +77,15 @@ def pressing_steps(path: EEPath) -> np.ndarray:
     return mask
 
 
-def offset_approach(path: EEPath, error: float, rng: np.random.Generator) -> tuple[EEPath, np.ndarray]:
+def offset_approach(path: EEPath, error: float, rng: np.random.Generator,
+                    pace: str = "split") -> tuple[EEPath, np.ndarray]:
     """The path with its approach aimed off, as a teleoperator's hand arrives above an object:
     the poses from the start to the ``approach`` keyframe (the hover above the object) are
     moved by ``w_k e``, ``e`` uniform in a horizontal disc of radius ``error`` (m) and ``w_k``
     rising linearly from 0 at the start to 1 at the pose before the hover, so the path
     arrives off by ``e`` and its last approach step corrects to the hover (split into steps the
-    envelope allows); the approach keeps the path's pace (:func:`~.transfer.retime_runs`). Returns ``(path, e)``; the path is unchanged (and ``e`` zero) for
+    envelope allows), each longer step split (``pace`` ``split``) or the approach walked at the
+    path's pace (``seed``, :func:`~.transfer.retime_runs`). Returns ``(path, e)``; the path is unchanged (and ``e`` zero) for
     ``error`` 0 or an approach shorter than two steps. As the sim expert's ``approach_error``:
     the episode then holds the way back from where a policy's own localisation error leaves it."""
     from ..sim.expert import disc_offset
@@ -94,11 +96,14 @@ def offset_approach(path: EEPath, error: float, rng: np.random.Generator) -> tup
     e = disc_offset(error, rng)
     P = path.positions.copy()
     P[1:a] += (np.arange(1, a) / (a - 1))[:, None] * e
-    # walked at the path's own pace (the correction to the hover a step of its own), so the
-    # offset does not halve the pace of the whole approach as splitting each longer step would
-    runs = moving_runs(path.positions, path.quaternions, path.gripper,
-                       breaks=[i for _, i in path.segments] + [a - 1])
-    P2, Q2, G2, index = retime_runs(P, path.quaternions, path.gripper, runs)
+    if check_pace(pace) == "split":
+        P2, Q2, G2, index = retime(P, path.quaternions, path.gripper)
+    else:
+        # walked at the path's own pace (the correction to the hover a step of its own), so the
+        # offset does not halve the pace of the whole approach as splitting each longer step does
+        runs = moving_runs(path.positions, path.quaternions, path.gripper,
+                           breaks=[i for _, i in path.segments] + [a - 1])
+        P2, Q2, G2, index = retime_runs(P, path.quaternions, path.gripper, runs)
     return EEPath(P2, Q2, G2, segments=[(name, int(index[i])) for name, i in path.segments]), e
 
 
@@ -262,9 +267,9 @@ def generate_candidate(env, demo, keyframes, configuration: dict, method: str = 
                        collision_check: Optional[Callable] = None, max_extra_steps: int = 10,
                        in_hand_from_demo: bool = True, action_noise: float = 0.0,
                        rng: Optional[np.random.Generator] = None, approach_error: float = 0.0,
-                       grip_quiet_steps: int = 0, wipe_passes: int = 1):
+                       grip_quiet_steps: int = 0, wipe_passes: int = 1, pace: str = "split"):
     """One candidate: map the keyframes to ``configuration``, build the path (``affine``:
-    :func:`~.transfer.affine_transfer`; ``plan``: ``planner(env, demo, keyframes,
+    :func:`~.transfer.affine_transfer` with ``pace``; ``plan``: ``planner(env, demo, keyframes,
     new_keyframes) -> EEPath``), aim its approach off by up to ``approach_error`` m
     (:func:`offset_approach`), execute it in ``env`` (with ``in_hand_from_demo``, holding the
     object where the seed demo implies it was held: :func:`~.keyframes.in_hand_xy`). Returns a
@@ -280,13 +285,13 @@ def generate_candidate(env, demo, keyframes, configuration: dict, method: str = 
     try:
         new_kf = map_keyframes(demo, keyframes, cfg, env.task_obj)
         if method == "affine":
-            path = affine_transfer(demo, keyframes, new_kf)
+            path = affine_transfer(demo, keyframes, new_kf, pace=pace)
         else:
             path = planner(env, demo, keyframes, new_kf)
             if not isinstance(path, EEPath):
                 raise CandidateRejected(REJECT_ERROR, f"planner returned {type(path).__name__}, not an EEPath")
         rng = rng if rng is not None else np.random.default_rng()
-        path, offset = offset_approach(path, approach_error, rng)
+        path, offset = offset_approach(path, approach_error, rng, pace=pace)
         _path_in_workspace(env, path)
         in_hand = in_hand_xy(demo, keyframes, env.task_obj) if in_hand_from_demo else None
         episode = execute_path(env, path, cfg, collision_check=collision_check, max_extra_steps=max_extra_steps,

@@ -21,6 +21,7 @@ import numpy as np
 from twinrl_bringup.config import from_dict, load_config, resolve_config_path
 
 from .path import Candidate, Rejection
+from .transfer import check_pace
 
 METHODS = ("affine", "plan")
 
@@ -57,6 +58,7 @@ class DemoGenConfig:
     grip_quiet_steps: int = 3           # steps before and after a gripper change that action_noise leaves on the path
     wipe_passes: int = 3                # a wipe that left the twin's board unclean goes over its strokes again
     approach_error: float = 0.0         # m: radius of the approach's aim-off, corrected above the object (execute.offset_approach)
+    pace: str = "split"                 # affine paths: split each longer step, or walk the seed's runs at its pace (transfer)
     planner: PlannerSettings = field(default_factory=PlannerSettings)
 
     def validate(self) -> None:
@@ -72,6 +74,7 @@ class DemoGenConfig:
             raise ValueError(f"grip_quiet_steps must be >= 0, got {self.grip_quiet_steps!r}")
         if not (np.isfinite(self.approach_error) and 0.0 <= self.approach_error <= 0.05):
             raise ValueError(f"approach_error must be in [0, 0.05] m, got {self.approach_error!r}")
+        check_pace(self.pace)
         self.planner.validate()
 
 
@@ -138,7 +141,8 @@ def _run_slot(slot: dict) -> dict:
                                     in_hand_from_demo=config.in_hand_from_demo,
                                     action_noise=config.action_noise, rng=np.random.default_rng([int(s), 0xD7]),
                                     approach_error=config.approach_error,
-                                    grip_quiet_steps=config.grip_quiet_steps, wipe_passes=config.wipe_passes)
+                                    grip_quiet_steps=config.grip_quiet_steps, wipe_passes=config.wipe_passes,
+                                    pace=config.pace)
         if isinstance(result, Candidate):
             ep = result.episode
             ep.extra = dict(ep.extra or {}, slot=slot["index"], attempt=len(attempts) + 1)

@@ -10,18 +10,24 @@ For each segment between consecutive keyframes ``k, k+1`` (demo poses ``a``, ``b
 so the segment ends land exactly on the new keyframes, and an unchanged configuration gives
 the demo back. The demo's gripper schedule is kept.
 
-The mapped path is then timed as the demo's expert moved (:func:`retime_runs`). Every run of
-the demo's moving steps (one gripper command, within one keyframe segment) is walked again
-along the mapped poses in the demo's own steps: the steps before its first full-pace one, as
-many full-pace steps as the new distance needs, the steps after its last full-pace one, scaled
-down to fit (:func:`run_steps`). A placement farther away takes more steps at the demo's
-speed, a nearer one fewer, as the expert's closed loop does, and an unchanged configuration
-still gives the demo back. Splitting each mapped step on its own instead halves the pace of a
-whole run as soon as its steps grow past the limit by a millimetre, and every demo then closes
-the gripper at the same step whatever the distance. Single steps and steps outside the runs
-(the demo standing still while its gripper moves) keep their count, split into equal sub-steps
-only where the map made one longer than 0.045 m / 0.22 rad (:func:`retime`). The path is valid
-at 10 Hz under the safety envelope (0.05 m / 0.25 rad).
+The mapped path is then timed one of two ways (``pace``):
+
+* ``split`` (the default): every mapped step longer than 0.045 m / 0.22 rad is split into
+  equal sub-steps (:func:`retime`). A run the seed demo made at the expert's full pace goes at
+  half that pace as soon as the map lengthens its steps by a millimetre, so twin demos of
+  placements farther than the seed's crawl where nearer ones go at full speed, and the gripper
+  closes at nearly the same step whatever the distance.
+* ``seed``: every run of the demo's moving steps (one gripper command, within one keyframe
+  segment) is walked again along the mapped poses in the demo's own steps: the steps before
+  its first full-pace one, as many full-pace steps as the new distance needs, the steps after
+  its last full-pace one, scaled down to fit (:func:`run_steps`, :func:`retime_runs`). A
+  placement farther away takes more steps at the demo's speed, a nearer one fewer, as the
+  expert's closed loop does. Single steps and steps outside the runs (the demo standing still
+  while its gripper moves) keep their count, split as above where needed.
+
+``split`` stays the default because it trained better in the sim world (docs/policy.md, "The
+seed's pace kept"). Either way an unchanged configuration gives the demo back, and the path is
+valid at 10 Hz under the safety envelope (0.05 m / 0.25 rad).
 """
 from __future__ import annotations
 
@@ -229,16 +235,32 @@ def retime_runs(positions, quaternions, gripper, runs, max_step: float = MAX_STE
     return np.array(out_p), tf.sign_continuous(out_q), np.array(out_g), index
 
 
-def affine_transfer(demo, keyframes, new_keyframes, max_step: float = MAX_STEP, max_rot: float = MAX_ROT) -> EEPath:
-    """The new end-effector path (see module doc). ``path.segments`` lists ``(keyframe name,
+PACES = ("split", "seed")
+
+
+def check_pace(pace: str) -> str:
+    if pace not in PACES:
+        raise ValueError(f"pace must be one of {PACES}, got {pace!r}")
+    return pace
+
+
+def affine_transfer(demo, keyframes, new_keyframes, max_step: float = MAX_STEP, max_rot: float = MAX_ROT,
+                    pace: str = "split") -> EEPath:
+    """The new end-effector path (see module doc). ``pace``: ``split`` splits each mapped step
+    over the limits into equal sub-steps (:func:`retime`); ``seed`` walks the seed's moving
+    runs again at its pace (:func:`retime_runs`). ``path.segments`` lists ``(keyframe name,
     pose index in the new path)``."""
+    check_pace(pace)
     P, Q = affine_map(demo, keyframes, new_keyframes)
     last = keyframes[-1].index
     G = np.asarray(demo.gripper[:last], float)
-    runs = moving_runs(demo.positions[:last + 1], demo.quaternions[:last + 1], G,
-                       breaks=[k.index for k in keyframes], max_step=max_step, max_rot=max_rot)
-    P2, Q2, G2, index = retime_runs(P, Q, G, runs, max_step, max_rot)
+    if pace == "split":
+        P2, Q2, G2, index = retime(P, Q, G, max_step, max_rot)
+    else:
+        runs = moving_runs(demo.positions[:last + 1], demo.quaternions[:last + 1], G,
+                           breaks=[k.index for k in keyframes], max_step=max_step, max_rot=max_rot)
+        P2, Q2, G2, index = retime_runs(P, Q, G, runs, max_step, max_rot)
     return EEPath(P2, Q2, G2, segments=[(k.name, int(index[k.index])) for k in new_keyframes])
 
 
-__all__ = ["affine_map", "affine_transfer", "moving_runs", "retime", "retime_runs", "run_steps", "MAX_STEP", "MAX_ROT"]
+__all__ = ["PACES", "affine_map", "affine_transfer", "check_pace", "moving_runs", "retime", "retime_runs", "run_steps", "MAX_STEP", "MAX_ROT"]
