@@ -37,6 +37,7 @@ from twinrl_bringup import transforms as tf
 from .collision import CollisionChecker
 from .path import (REJECT_IK, REJECT_PLANNER, REJECT_PLANNER_TIMEOUT, REJECT_UNREACHABLE, CandidateRejected,
                    EEPath, Keyframe)
+from .transfer import effort, poses_along
 
 MAX_STEP = 0.045            # m per action (the expert's limit; the envelope allows 0.05)
 MAX_ROT = 0.22              # rad per action (the envelope allows 0.25)
@@ -104,19 +105,11 @@ def resample_tcp_path(positions: np.ndarray, quats: np.ndarray, max_step: float 
     if len(P) == 1:
         P, Q = np.vstack([P, P]), np.vstack([Q, Q])
     Q = tf.sign_continuous(Q)                    # consistent quaternion hemisphere
-    dp = np.linalg.norm(np.diff(P, axis=0), axis=1)
-    dr = np.array([tf.quat_angle(Q[i], Q[i + 1]) for i in range(len(Q) - 1)])
-    ds = np.maximum(dp / max_step, dr / max_rot)
-    s = np.concatenate([[0.0], np.cumsum(ds)])
-    total = float(s[-1])
+    ds = effort(P, Q, max_step, max_rot)
+    total = float(np.cumsum(ds)[-1])
     n = max(int(min_steps), int(math.ceil(total * (1.0 + 1e-9) - 1e-9)))
-    out_p, out_q = [P[0]], [Q[0]]
-    for j in range(1, n + 1):
-        sj = total * j / n
-        i = int(np.clip(np.searchsorted(s, sj, side="right") - 1, 0, len(s) - 2))
-        w = 0.0 if ds[i] <= 0 else float(np.clip((sj - s[i]) / ds[i], 0.0, 1.0))
-        out_p.append(P[i] + w * (P[i + 1] - P[i]))
-        out_q.append(tf.slerp(Q[i], Q[i + 1], w) if w > 0 else Q[i])
+    out_p, out_q = poses_along(P, Q, ds, total * np.arange(1, n + 1) / n)
+    out_p, out_q = [P[0]] + out_p, [Q[0]] + out_q
     out_p[-1], out_q[-1] = P[-1], Q[-1]
     return np.asarray(out_p), np.asarray([tf.normalize_quat(q) for q in out_q])
 

@@ -123,11 +123,30 @@ MOVE_EPS = 1e-4         # m: a demo step shorter than this (and turning less tha
 MOVE_EPS_ROT = 1e-3     # rad
 
 
-def _effort(P, Q, max_step: float, max_rot: float) -> np.ndarray:
-    """Per step of a pose sequence: the larger of (distance / max_step, angle / max_rot)."""
+def _step_sizes(P, Q) -> tuple[np.ndarray, np.ndarray]:
+    """Per step of a pose sequence: its distance (m) and its turn (rad)."""
     dp = np.linalg.norm(np.diff(P, axis=0), axis=1)
     dr = np.array([tf.quat_angle(Q[k], Q[k + 1]) for k in range(len(P) - 1)])
+    return dp, dr
+
+
+def effort(P, Q, max_step: float = MAX_STEP, max_rot: float = MAX_ROT) -> np.ndarray:
+    """Per step of a pose sequence: the larger of (distance / max_step, angle / max_rot)."""
+    dp, dr = _step_sizes(np.asarray(P, float), np.asarray(Q, float))
     return np.maximum(dp / max_step, dr / max_rot)
+
+
+def poses_along(P, Q, step_effort, marks) -> tuple[list, list]:
+    """Poses on the path ``P`` / ``Q`` (whose steps take ``step_effort``, :func:`effort`) at the
+    cumulative efforts ``marks``: linear in position, slerp in orientation within a step."""
+    s = np.concatenate([[0.0], np.cumsum(step_effort)])
+    out_p, out_q = [], []
+    for sj in marks:
+        i = int(np.clip(np.searchsorted(s, sj, side="right") - 1, 0, len(step_effort) - 1))
+        w = 0.0 if step_effort[i] <= 0 else float(np.clip((sj - s[i]) / step_effort[i], 0.0, 1.0))
+        out_p.append(P[i] + w * (P[i + 1] - P[i]))
+        out_q.append(tf.slerp(Q[i], Q[i + 1], w) if w > 0 else Q[i])
+    return out_p, out_q
 
 
 def moving_runs(positions, quaternions, gripper, breaks=(), max_step: float = MAX_STEP,
@@ -142,8 +161,7 @@ def moving_runs(positions, quaternions, gripper, breaks=(), max_step: float = MA
     G = np.asarray(gripper, float).reshape(-1)
     if len(P) != len(Q) or len(G) != len(P) - 1:
         raise ValueError(f"moving_runs: {len(P)} positions, {len(Q)} quaternions, {len(G)} gripper commands")
-    dp = np.linalg.norm(np.diff(P, axis=0), axis=1)
-    dr = np.array([tf.quat_angle(Q[k], Q[k + 1]) for k in range(len(G))])
+    dp, dr = _step_sizes(P, Q)
     moving = (dp > MOVE_EPS) | (dr > MOVE_EPS_ROT)
     pace = np.minimum(np.maximum(dp / max_step, dr / max_rot), 1.0)
     cut = set(int(b) for b in breaks)
@@ -201,31 +219,23 @@ def retime_runs(positions, quaternions, gripper, runs, max_step: float = MAX_STE
     index = np.zeros(len(P), dtype=int)
     k = 0
     while k < len(G):
-        c = _effort(P[k:k + 2], Q[k:k + 2], max_step, max_rot)
-        if k not in starts or (starts[k][0] == k + 1 and c[0] <= 1.0):
-            i1 = k + 1
+        run = starts.get(k)
+        if run is None or (run[0] == k + 1 and effort(P[k:k + 2], Q[k:k + 2], max_step, max_rot)[0] <= 1.0):
             p, q, g, _ = retime(P[k:k + 2], Q[k:k + 2], G[k:k + 1], max_step, max_rot)
             out_p.extend(p[1:])
             out_q.extend(q[1:])
             out_g.extend(g)
-            index[i1] = len(out_p) - 1
-            k = i1
+            k += 1
+            index[k] = len(out_p) - 1
             continue
-        i1, pace = starts[k]
-        c = _effort(P[k:i1 + 1], Q[k:i1 + 1], max_step, max_rot)
+        i1, pace = run
+        c = effort(P[k:i1 + 1], Q[k:i1 + 1], max_step, max_rot)
         s = np.concatenate([[0.0], np.cumsum(c)])
-        if s[-1] <= 0:                                   # the map stood the run still
-            steps = np.zeros(0)
-        else:
-            steps = run_steps(pace, float(s[-1]))
+        steps = run_steps(pace, float(s[-1])) if s[-1] > 0 else np.zeros(0)    # zero: the map stood the run still
         base = len(out_p) - 1
-        for sj in np.cumsum(steps)[:-1]:
-            i = int(np.clip(np.searchsorted(s, sj, side="right") - 1, 0, len(c) - 1))
-            u = 0.0 if c[i] <= 0 else float(np.clip((sj - s[i]) / c[i], 0.0, 1.0))
-            out_p.append(P[k + i] + u * (P[k + i + 1] - P[k + i]))
-            out_q.append(tf.slerp(Q[k + i], Q[k + i + 1], u) if u > 0 else Q[k + i])
-        out_p.append(P[i1])
-        out_q.append(Q[i1])
+        p, q = poses_along(P[k:i1 + 1], Q[k:i1 + 1], c, np.cumsum(steps)[:-1])
+        out_p.extend(p + [P[i1]])
+        out_q.extend(q + [Q[i1]])
         out_g.extend([G[k]] * max(1, len(steps)))
         marks = np.concatenate([[0.0], np.cumsum(steps)]) if len(steps) else np.zeros(2)
         for j in range(k + 1, i1):                       # inner poses: the nearest new pose
@@ -263,4 +273,5 @@ def affine_transfer(demo, keyframes, new_keyframes, max_step: float = MAX_STEP, 
     return EEPath(P2, Q2, G2, segments=[(k.name, int(index[k.index])) for k in new_keyframes])
 
 
-__all__ = ["PACES", "affine_map", "affine_transfer", "check_pace", "moving_runs", "retime", "retime_runs", "run_steps", "MAX_STEP", "MAX_ROT"]
+__all__ = ["PACES", "affine_map", "affine_transfer", "check_pace", "effort", "moving_runs", "poses_along", "retime", "retime_runs",
+           "run_steps", "MAX_STEP", "MAX_ROT"]
