@@ -37,10 +37,8 @@ from twinrl_bringup import transforms as tf
 from .collision import CollisionChecker
 from .path import (REJECT_IK, REJECT_PLANNER, REJECT_PLANNER_TIMEOUT, REJECT_UNREACHABLE, CandidateRejected,
                    EEPath, Keyframe)
-from .transfer import effort, poses_along
+from .transfer import MAX_ROT, MAX_STEP, effort, poses_along   # the expert's per-action limits
 
-MAX_STEP = 0.045            # m per action (the expert's limit; the envelope allows 0.05)
-MAX_ROT = 0.22              # rad per action (the envelope allows 0.25)
 IK_POS_TOL = 0.002          # m
 IK_ROT_TOL = 0.02           # rad
 LINE_LATERAL = 0.02         # m: a move with at most this horizontal offset is a straight line
