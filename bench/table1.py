@@ -31,7 +31,7 @@ OOD and average success rates with deltas against real-only, and writes ``table1
         [--rollouts-per-cell 2] [--image-size 128,64] [--mixes 0/0 30/30 60/30 30/60]
         [--method affine] [--seeds 1] [--workers 2] [--root DIR] [--out DIR] [--json]
         [--post-success-steps K] [--action-noise M] [--twin-action-noise M] [--twin-approach-error M]
-        [--twin-pace split|seed]
+        [--twin-pace split|seed] [--twin-until KEYFRAME]
         [--colour-map | --appearance] [--sweeps] [--oracle [demos|paths]] [--set model.KEY=V ...]
 
 Everything (demos, twin, checkpoints) is kept under --root (default: a directory under the
@@ -171,6 +171,9 @@ def main() -> int:
     ap.add_argument("--twin-pace", choices=("split", "seed"), default="split",
                     help="affine twin demos: split each step the map lengthened past the limit (default), or "
                          "walk the seed demo's runs at its pace (demogen pace); seed gets _sp in every name")
+    ap.add_argument("--twin-until", default="", metavar="KEYFRAME",
+                    help="train the twin mixes on each twin demo up to this stage-I keyframe (sft.twin_until, "
+                         "e.g. pre_wipe: the wipe is left to the real demos); checkpoints and results get _untilKEYFRAME")
     ap.add_argument("--colour-map", action="store_true",
                     help="colour-calibrate the twin against the real demos (twinrl twin calibrate) before "
                          "stage I and the pairs; its twin demos, pairs, checkpoints and results get _cm")
@@ -193,6 +196,8 @@ def main() -> int:
     args = ap.parse_args()
     if args.seeds < 1:
         ap.error(f"--seeds must be >= 1, got {args.seeds}")
+    if args.twin_until and not args.twin_until.isidentifier():
+        ap.error(f"--twin-until must name a keyframe (e.g. pre_wipe), got {args.twin_until!r}")
     if args.colour_map and args.appearance:
         ap.error("--colour-map and --appearance are two calibrations of the twin's images; give one")
     if args.oracle and (args.colour_map or args.appearance or args.sweeps
@@ -229,6 +234,8 @@ def main() -> int:
     method = "" if args.method == "affine" else f"_{args.method}"     # stage I's method, when not the default
     twin_jitter += method + calib + {None: "", "demos": "_oracle", "paths": "_oraclepaths"}[args.oracle]
     twin_post = post + twin_jitter
+    if args.twin_until:                     # which steps of the twin demos train: the mixes' checkpoints only
+        twin_jitter += f"_until{args.twin_until}"
     real = record_demos(args.task, root / f"real_{args.real}_{tag}_s{args.seed}{post}", args.real, "id",
                         seed=10_000 + args.seed, image_size=size, progress=progress,
                         post_success_steps=args.post_success_steps, approach_error=args.approach_error,
@@ -369,7 +376,8 @@ def main() -> int:
         for k in range(args.seeds):              # one policy per training seed
             seed = args.seed + k
             ckpt = root / f"sft_{mid}_{mood}_{ckpt_tag}{twin_jitter if (mid or mood) else ''}_{args.steps}_s{seed}.ckpt"
-            sft_cfg = load_sft_config(None, sft_over + [f"seed={seed}"])
+            sft_cfg = load_sft_config(None, sft_over + [f"seed={seed}"]
+                                      + ([f"twin_until={args.twin_until}"] if args.twin_until and (mid or mood) else []))
             status = training_status(ckpt, model_cfg, sft_cfg) if ckpt.exists() else "none"
             if status == "other":
                 print(f"{ckpt.name}: trained with another model or SFT config (or unreadable), training again",

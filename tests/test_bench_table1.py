@@ -120,6 +120,13 @@ def test_table1_tiny_run(tmp_path, ros_env):
     assert len(list((tmp_path / "w").glob("sft_2_1_*_plan_5_s0.ckpt"))) == 1 and default_ckpt.read_bytes() == before
     assert len(Dataset(next((tmp_path / "w").glob("mix_2_1_*_plan")))) == 3
     assert (out / "table1_pick_and_place_2_1_plan.json").exists()
+    # --twin-until: the twin mix trains on the twin demos up to a keyframe, a checkpoint of its own
+    r7 = subprocess.run(cmd[:cmd.index("--mixes")] + ["--mixes", "2/1", "--seeds", "1", "--twin-until", "lift"]
+                        + cmd[cmd.index("--steps"):], env=ros_env, capture_output=True, text=True, timeout=600)
+    assert r7.returncode == 0, r7.stdout[-3000:] + r7.stderr[-3000:]
+    assert "twin-demo steps from keyframe 'lift' on (sft.twin_until)" in r7.stderr
+    assert len(list((tmp_path / "w").glob("sft_2_1_*_untillift_5_s0.ckpt"))) == 1 and default_ckpt.read_bytes() == before
+    assert (out / "table1_pick_and_place_2_1_untillift.json").exists()
 
 
 @pytest.mark.slow
@@ -171,6 +178,9 @@ def test_table1_oracle_mix_uses_sim_world_demos_as_its_twin_demos(tmp_path, ros_
         assert ep.extra["generator"] == "rerecord" and ep.episode_source == 1 and set(ep.source.tolist()) == {1}
         assert ep.length == src["length"] and np.isfinite(ep.actions).all()
         assert ep.observations["third_person"].shape[1:3] == (64, 64)
+        # the same steps as the path, so its keyframes (sft.twin_until) hold and are kept
+        assert ep.extra["keyframes"] == load_episode(twin_demos.path(twin_demos.entries.index(src)),
+                                                     images=False).extra["keyframes"]
     mix = Dataset(next(w.glob("mix_2_1_*_oraclepaths")))
     assert {e["episode_id"] for e in mix.entries} == {e["episode_id"] for e in paths.entries}
     assert len(list(w.glob("sft_2_1_*_tn2mm_oraclepaths_5_s0.ckpt"))) == 1
@@ -184,6 +194,9 @@ def test_table1_rejects_a_bad_mix_or_seed_count(ros_env):
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "table1.py"), "--task", "pick_and_place",
                         "--seeds", "0"], env=ros_env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "--seeds must be >= 1, got 0" in r.stderr
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "table1.py"), "--task", "pick_and_place",
+                        "--twin-until", "pre place"], env=ros_env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--twin-until must name a keyframe (e.g. pre_wipe), got 'pre place'" in r.stderr
 
 
 def test_first_demo_is_the_lowest_seed_whatever_the_file_order(tmp_path):

@@ -578,3 +578,57 @@ def test_alignment_loss_pulls_twin_features_onto_the_real_ones(tmp_path):
     for bad in ({"align_weight": -1.0}, {"align_weight": float("nan")}, {"align_batch": 1}):
         with pytest.raises(ValueError, match="align_"):
             tiny_sft_config(**bad).validate()
+
+
+def test_twin_until_trains_twin_demos_up_to_a_keyframe(tmp_path):
+    """sft.twin_until keeps each twin demo's steps before its stage-I keyframe (extra.keyframes)
+    and leaves the real demos whole; a twin demo without that keyframe is a clear error."""
+    from twinrl_bringup.dataset import Dataset, DatasetWriter
+    from twinrl_policy.config import load_sft_config
+    from twinrl_policy.data import twin_cut
+
+    write_rule_dataset(tmp_path / "real", 2, 12, "demo", seed=5)
+    write_rule_dataset(tmp_path / "raw", 3, 12, "twin", seed=6)
+    src = Dataset(tmp_path / "raw")
+    eps = [src.load(i) for i in range(len(src))]
+    cuts = {}
+    writer = DatasetWriter(tmp_path / "twin")
+    for k, ep in enumerate(eps):
+        cuts[ep.episode_id] = 4 + 2 * k                  # 4, 6, 8 steps before the wipe
+        ep.extra = {"generator": "affine", "keyframes": {"start": 0, "grasp": 2, "pre_wipe": cuts[ep.episode_id],
+                                                         "wipe_start": cuts[ep.episode_id] + 1}}
+        writer.write_episode(ep)
+    cfg = tiny_model_config()
+    dirs = [tmp_path / "real", tmp_path / "twin"]
+    real_all, twin_all, _ = load_demo_pools(dirs, TASK, cfg, progress=False)
+    real, twin, info = load_demo_pools(dirs, TASK, cfg, progress=False, twin_until="pre_wipe")
+    assert len(real) == len(real_all) == 24                    # the real demos stay whole
+    assert np.array_equal(real.action, real_all.action)
+    assert len(twin) == sum(cuts.values()) == 18 and len(twin_all) == 36
+    assert info["twin_steps_cut"] == 36 - 18
+    # each twin episode keeps its first steps, in order, and its chunks end at the cut
+    for ep in eps:
+        steps = twin.episode_steps[ep.episode_id]
+        n = cuts[ep.episode_id]
+        assert (steps[:n] >= 0).all() and (steps[n:] == -1).all()
+        assert np.array_equal(twin.action[steps[:n]], ep.actions[:n])
+        assert np.array_equal(twin.proprio[steps[:n]], ep.observations["proprio"][:n])
+        _, valid = twin.action_chunk(steps[n - 1:n], 4)
+        assert valid.tolist() == [[True, False, False, False]]
+    assert twin_cut(eps[0], "grasp") == 2
+
+    # no such keyframe, or none recorded: an error naming the file and the keyframe
+    with pytest.raises(DatasetError, match=r"twin_until='lift': no such keyframe in the episode "
+                                           r"\(it has start, grasp, pre_wipe, wipe_start\)") as err:
+        load_demo_pools(dirs, TASK, cfg, progress=False, twin_until="lift")
+    assert ".npz" in str(err.value)
+    with pytest.raises(DatasetError, match=r"records no stage-I keyframes"):
+        load_demo_pools([tmp_path / "real", tmp_path / "raw"], TASK, cfg, progress=False, twin_until="pre_wipe")
+    eps[0].extra = {"keyframes": {"pre_wipe": 99}}
+    with pytest.raises(DatasetError, match=r"keyframe step 99 is not within the episode's steps 1..12"):
+        twin_cut(eps[0], "pre_wipe")
+    # the config takes a keyframe name or "" (whole demos), nothing else
+    assert load_sft_config(None, []).twin_until == ""
+    assert load_sft_config(None, ["twin_until=pre_wipe"]).twin_until == "pre_wipe"
+    with pytest.raises(ValueError, match=r"twin_until: must be a keyframe name"):
+        load_sft_config(None, ["twin_until=pre wipe"])

@@ -147,6 +147,11 @@ class SFTConfig:
     twin_sources: list[str] = field(default_factory=lambda: ["twin"])
     success_only: bool = False         # train on successful episodes only
     skip_idle_steps: bool = False      # leave out steps that only wait (no motion, gripper unchanged)
+    # train on each twin demo up to this keyframe of its stage-I path (its meta's
+    # extra.keyframes, e.g. "pre_wipe"), the steps from there on left to the real demos: the
+    # part of a task that happens at a fixed fixture (erase_whiteboard's wipe) looks the same
+    # from every object placement, so the real demos already cover it. "" = whole twin demos
+    twin_until: str = ""
     # beta-NLL (Seitzer et al. 2022): each dimension's -log pi term is weighted by std^(2 beta)
     # (no gradient through the weight). 0 is the plain NLL (L_IL), whose learned std can grow on
     # a dimension that is hard to fit (the grasp yaw did) until its mean barely learns; 0.5
@@ -179,6 +184,8 @@ class SFTConfig:
     ema_decay: float = 0.0
 
     def validate(self) -> None:
+        if not isinstance(self.twin_until, str) or (self.twin_until and not self.twin_until.isidentifier()):
+            raise ValueError(f"twin_until: must be a keyframe name (e.g. pre_wipe) or \"\", got {self.twin_until!r}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule: must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         if self.warmup_steps < 0:

@@ -23,7 +23,7 @@ from twinrl_bringup.safety import SafetyEnvelope, load_safety_config
 from .config import ModelConfig
 
 __all__ = ["DemoPool", "PairPool", "episode_digest", "idle_steps", "load_demo_pools", "load_pair_pool",
-           "object_labels", "sample_indices"]
+           "object_labels", "sample_indices", "twin_cut"]
 
 
 @dataclass
@@ -124,12 +124,15 @@ def episode_digest(ep) -> str:
 
 def load_demo_pools(dirs: Sequence, task: str, cfg: ModelConfig, real_sources=("real", "demo", "intervention"),
                     twin_sources=("twin",), success_only: bool = False, progress: bool = True,
-                    skip_idle: bool = False, sweeps: bool = False) -> tuple[DemoPool, DemoPool, dict]:
+                    skip_idle: bool = False, sweeps: bool = False,
+                    twin_until: str = "") -> tuple[DemoPool, DemoPool, dict]:
     """Load every episode of ``task`` from the dataset directories into a real and a twin pool,
     each in the order of :func:`episode_digest` (the same demonstrations under other ids or file
     names give the same pools). ``skip_idle`` leaves out the steps found by :func:`idle_steps`.
     Alignment sweeps (``twinrl_bringup.dataset.is_sweep``) are no demonstrations and are left out
-    (``info["sweep_episodes"]``); ``sweeps=True`` loads them alone instead (the pairs' real side)."""
+    (``info["sweep_episodes"]``); ``sweeps=True`` loads them alone instead (the pairs' real side).
+    ``twin_until`` (a keyframe name): the twin pool keeps each episode's steps before that
+    keyframe of its stage-I path (:func:`twin_cut`; ``info["twin_steps_cut"]``)."""
     if not dirs:
         raise ValueError("no dataset directories given")
     cfg.task_index(task)  # the policy must know the task
@@ -138,7 +141,7 @@ def load_demo_pools(dirs: Sequence, task: str, cfg: ModelConfig, real_sources=("
     parts = {"real": {k: [] for k in keys}, "twin": {k: [] for k in keys}}
     ids = {"real": [], "twin": []}
     info = {"ignored_episodes": 0, "skipped_files": [], "idle_steps_skipped": 0, "commands_rebuilt": 0,
-            "sweep_episodes": 0}
+            "sweep_episodes": 0, "twin_steps_cut": 0}
     selected = []
     for d in dirs:
         if not Path(d).is_dir():
@@ -164,6 +167,10 @@ def load_demo_pools(dirs: Sequence, task: str, cfg: ModelConfig, real_sources=("
         T = ep.length
         keep = ~idle_steps(ep.actions) if skip_idle else np.ones(T, bool)
         info["idle_steps_skipped"] += int(T - keep.sum())
+        if pool == "twin" and twin_until:
+            cut = twin_cut(ep, twin_until, where=path)
+            info["twin_steps_cut"] += int(keep[cut:].sum())
+            keep[cut:] = False
         rec = {key: np.asarray(ep.observations[key][:T])[keep] for key in ("third_person", "wrist", "proprio")}
         rec["action"] = np.asarray(ep.actions, np.float32)[keep]
         # the commanded target at each step: recorded, or (older episodes) rebuilt from the actions
@@ -286,6 +293,26 @@ def load_pair_pool(dirs: Sequence, task: str, cfg: ModelConfig, real: DemoPool,
         pool = PairPool(np.concatenate(index), np.concatenate(tps), np.concatenate(wrs), eps, np.concatenate(swp))
     info["pairs"] = len(pool)
     return pool, info
+
+
+def twin_cut(ep, keyframe: str, where=None) -> int:
+    """The step of ``ep`` at which its stage-I path reaches ``keyframe`` (``extra["keyframes"]``,
+    twinrl_twin.demogen.execute): the twin demo is trained on up to, not including, that step.
+    A DatasetError naming the episode (``where``: its file) when it has no such keyframe, or the
+    keyframe lies outside its steps."""
+    where = where if where is not None else ep.episode_id
+    keyframes = (ep.extra or {}).get("keyframes")
+    if not isinstance(keyframes, dict) or not keyframes:
+        raise DatasetError(where, f"twin_until={keyframe!r}: the episode records no stage-I keyframes "
+                                  "(extra.keyframes; made by twinrl demos generate)")
+    if keyframe not in keyframes:
+        raise DatasetError(where, f"twin_until={keyframe!r}: no such keyframe in the episode "
+                                  f"(it has {', '.join(keyframes)})")
+    step = keyframes[keyframe]
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or not 0 < int(step) <= ep.length:
+        raise DatasetError(where, f"twin_until={keyframe!r}: keyframe step {step!r} is not within the "
+                                  f"episode's steps 1..{ep.length}")
+    return int(step)
 
 
 def idle_steps(actions: np.ndarray, tol: float = 1e-6) -> np.ndarray:

@@ -171,12 +171,15 @@ class SFTTrainer:
         if pools is None:
             real, twin, info = load_demo_pools(data_dirs, task, model_cfg, sft_cfg.real_sources,
                                                sft_cfg.twin_sources, sft_cfg.success_only, progress,
-                                               skip_idle=sft_cfg.skip_idle_steps)
+                                               skip_idle=sft_cfg.skip_idle_steps, twin_until=sft_cfg.twin_until)
             for path, reason in info["skipped_files"]:
                 log(f"skipped {path}: {reason}")
             if info["commands_rebuilt"]:
                 log(f"{info['commands_rebuilt']} episodes have no recorded commanded targets: rebuilt from their "
                     "actions (wrong after a force stop or hold moved the target; record them again to fix)")
+            if info["twin_steps_cut"]:
+                log(f"left out {info['twin_steps_cut']} twin-demo steps from keyframe {sft_cfg.twin_until!r} on "
+                    "(sft.twin_until)")
             if info["idle_steps_skipped"]:
                 log(f"left out {info['idle_steps_skipped']} idle steps (waits without motion; sft.skip_idle_steps)")
             if info["sweep_episodes"]:

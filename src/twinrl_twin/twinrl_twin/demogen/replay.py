@@ -296,7 +296,9 @@ def rerecord_paths(env, paths, out, progress: bool = True) -> dict:
             res = replay_actions(env, path.initial_configuration, path.actions, settle_steps=0, record=True,
                                  targets=targets, stop_at_success=False)
             ep = _twin_episode(env.task, res, res["applied"], dict(path.initial_configuration),
-                               {"generator": "rerecord", "path_of": path.episode_id, "path_file": str(p)})
+                               {"generator": "rerecord", "path_of": path.episode_id, "path_file": str(p),
+                                # the same steps as the path: its keyframes hold (sft.twin_until)
+                                **({"keyframes": path.extra["keyframes"]} if "keyframes" in (path.extra or {}) else {})})
             written.append(str(writer.write_episode(ep)))
             successes += bool(res["success"])
             if bar is not None:
