@@ -20,7 +20,7 @@ from twinrl_bringup.safety import action_towards
 from .keyframes import in_hand_xy, map_keyframes
 from .path import (REJECT_COLLISION, REJECT_ERROR, REJECT_TASK_FAILED, REJECT_UNREACHABLE, Candidate,
                    CandidateRejected, EEPath, Rejection)
-from .transfer import affine_transfer, check_pace, moving_runs, retime, retime_runs
+from .transfer import affine_transfer, retime, time_path
 
 METHODS = ("affine", "plan")
 OBJECT_TOLERANCE = 0.001        # m: the applied object pose must match the requested one
@@ -85,7 +85,7 @@ def offset_approach(path: EEPath, error: float, rng: np.random.Generator,
     rising linearly from 0 at the start to 1 at the pose before the hover, so the path
     arrives off by ``e`` and its last approach step corrects to the hover (split into steps the
     envelope allows), each longer step split (``pace`` ``split``) or the approach walked at the
-    path's pace (``seed``, :func:`~.transfer.retime_runs`). Returns ``(path, e)``; the path is unchanged (and ``e`` zero) for
+    path's pace (``seed``; :func:`~.transfer.time_path`). Returns ``(path, e)``; the path is unchanged (and ``e`` zero) for
     ``error`` 0 or an approach shorter than two steps. As the sim expert's ``approach_error``:
     the episode then holds the way back from where a policy's own localisation error leaves it."""
     from ..sim.expert import disc_offset
@@ -96,14 +96,10 @@ def offset_approach(path: EEPath, error: float, rng: np.random.Generator,
     e = disc_offset(error, rng)
     P = path.positions.copy()
     P[1:a] += (np.arange(1, a) / (a - 1))[:, None] * e
-    if check_pace(pace) == "split":
-        P2, Q2, G2, index = retime(P, path.quaternions, path.gripper)
-    else:
-        # walked at the path's own pace (the correction to the hover a step of its own), so the
-        # offset does not halve the pace of the whole approach as splitting each longer step does
-        runs = moving_runs(path.positions, path.quaternions, path.gripper,
-                           breaks=[i for _, i in path.segments] + [a - 1])
-        P2, Q2, G2, index = retime_runs(P, path.quaternions, path.gripper, runs)
+    # under `seed` walked at the path's own pace (the correction to the hover a run of its own),
+    # so the offset does not halve the pace of the whole approach as splitting each longer step does
+    P2, Q2, G2, index = time_path(P, path.quaternions, path.gripper, pace, (path.positions, path.quaternions),
+                                  breaks=[i for _, i in path.segments] + [a - 1])
     return EEPath(P2, Q2, G2, segments=[(name, int(index[i])) for name, i in path.segments]), e
 
 

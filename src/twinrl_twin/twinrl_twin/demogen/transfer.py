@@ -254,24 +254,31 @@ def check_pace(pace: str) -> str:
     return pace
 
 
+def time_path(positions, quaternions, gripper, pace: str, source, breaks=(), max_step: float = MAX_STEP,
+              max_rot: float = MAX_ROT):
+    """Time a path whose poses were moved from ``source`` (``(positions, quaternions)``, the
+    same number of poses, the same ``gripper`` commands): ``split`` splits each step over the
+    limits into equal sub-steps (:func:`retime`); ``seed`` walks the moving runs of ``source``
+    (cut at ``breaks``, :func:`moving_runs`) again at its pace (:func:`retime_runs`). Returns
+    ``(positions, quaternions, gripper, index)`` as :func:`retime`."""
+    if check_pace(pace) == "split":
+        return retime(positions, quaternions, gripper, max_step, max_rot)
+    runs = moving_runs(source[0], source[1], gripper, breaks=breaks, max_step=max_step, max_rot=max_rot)
+    return retime_runs(positions, quaternions, gripper, runs, max_step, max_rot)
+
+
 def affine_transfer(demo, keyframes, new_keyframes, max_step: float = MAX_STEP, max_rot: float = MAX_ROT,
                     pace: str = "split") -> EEPath:
-    """The new end-effector path (see module doc). ``pace``: ``split`` splits each mapped step
-    over the limits into equal sub-steps (:func:`retime`); ``seed`` walks the seed's moving
-    runs again at its pace (:func:`retime_runs`). ``path.segments`` lists ``(keyframe name,
-    pose index in the new path)``."""
-    check_pace(pace)
+    """The new end-effector path (see module doc), timed with ``pace`` (:func:`time_path`, the
+    seed demo's runs cut at its keyframes). ``path.segments`` lists ``(keyframe name, pose
+    index in the new path)``."""
     P, Q = affine_map(demo, keyframes, new_keyframes)
     last = keyframes[-1].index
-    G = np.asarray(demo.gripper[:last], float)
-    if pace == "split":
-        P2, Q2, G2, index = retime(P, Q, G, max_step, max_rot)
-    else:
-        runs = moving_runs(demo.positions[:last + 1], demo.quaternions[:last + 1], G,
-                           breaks=[k.index for k in keyframes], max_step=max_step, max_rot=max_rot)
-        P2, Q2, G2, index = retime_runs(P, Q, G, runs, max_step, max_rot)
+    P2, Q2, G2, index = time_path(P, Q, np.asarray(demo.gripper[:last], float), pace,
+                                  (demo.positions[:last + 1], demo.quaternions[:last + 1]),
+                                  breaks=[k.index for k in keyframes], max_step=max_step, max_rot=max_rot)
     return EEPath(P2, Q2, G2, segments=[(k.name, int(index[k.index])) for k in new_keyframes])
 
 
 __all__ = ["PACES", "affine_map", "affine_transfer", "check_pace", "effort", "moving_runs", "poses_along", "retime", "retime_runs",
-           "run_steps", "MAX_STEP", "MAX_ROT"]
+           "run_steps", "time_path", "MAX_STEP", "MAX_ROT"]
