@@ -90,6 +90,21 @@ def test_keyframes_erase_whiteboard():
     assert np.ptp(wipe[:, 2]) < 0.01 and np.ptp(wipe[:, 1]) > 0.05          # a flat stroke across the board
 
 
+def test_keyframes_erase_whiteboard_survive_one_deeper_pose():
+    """One wipe pose pressed deeper than the rest (action noise, a teleoperator's jitter) does not
+    set the board level: the keyframes stay those of the clean demo (the minimum height would
+    leave that single pose on the board and no wipe)."""
+    import dataclasses
+
+    demo, kf = seed("erase_whiteboard")
+    idx = {k.name: k.index for k in kf}
+    mid = (idx["wipe_start"] + idx["wipe_end"]) // 2
+    P = demo.positions.copy()
+    P[mid, 2] -= 0.006
+    jittered = dataclasses.replace(demo, positions=P)
+    assert {k.name: k.index for k in extract_keyframes(jittered)} == idx
+
+
 def test_keyframes_insertion_has_no_release():
     demo, kf = seed("insert_hexagon")
     assert [k.name for k in kf] == ["start", "approach", "grasp", "lift", "pre_place", "place"]

@@ -53,6 +53,92 @@ def test_alpha_is_the_probability_of_a_real_sample():
     assert len(ir) == 0 and len(it) == 16 and it.max() < 50
 
 
+def test_real_steps_after_the_cut_keep_their_share():
+    """With real_after, the real steps past the twin demos' cut are drawn with their share among
+    the real steps, and alpha mixes the rest of the batch between the real steps before the cut
+    and the twin pool."""
+    g = torch.Generator().manual_seed(1)
+    after = np.zeros(100, bool)
+    after[60:] = True                                   # 40 % of the real steps lie past the cut
+    late = early = twin = 0
+    for _ in range(300):
+        ir, it = sample_indices(100, 50, 64, 0.25, g, real_after=after)
+        assert ir.max(initial=0) < 100 and it.max(initial=0) < 50 and len(ir) + len(it) == 64
+        late += int(after[ir].sum())
+        early += int((~after[ir]).sum())
+        twin += len(it)
+    total = 300 * 64
+    assert abs(late / total - 0.4) < 0.02
+    assert abs(early / (early + twin) - 0.25) < 0.02
+    # without twin steps every sample is real, in its natural proportions
+    ir, it = sample_indices(100, 0, 64, 0.25, g, real_after=after)
+    assert len(ir) == 64 and len(it) == 0
+    with pytest.raises(ValueError, match=r"real_after: expected shape \(100,\), got \(99,\)"):
+        sample_indices(100, 50, 64, 0.25, g, real_after=after[:99])
+
+
+def test_real_phases_mark_the_real_steps_from_the_keyframe_on(tmp_path):
+    """load_demo_pools(real_phases=True) marks each real step from the twin_until keyframe of its
+    demo on (recorded keyframes, or found in its commanded path); a demo whose keyframes cannot be
+    found is an error naming it, and the trainer draws those steps with their share."""
+    from twinrl_bringup.dataset import Dataset, DatasetWriter
+    from twinrl_policy.config import load_sft_config
+
+    cfg = tiny_model_config()
+    write_rule_dataset(tmp_path / "raw", 2, 12, "demo", seed=5)
+    write_rule_dataset(tmp_path / "twin", 2, 12, "twin", seed=6)
+    src = Dataset(tmp_path / "raw")
+    writer = DatasetWriter(tmp_path / "real")
+    cuts = {}
+    for i in range(len(src)):
+        ep = src.load(i)
+        cuts[ep.episode_id] = 5 + 3 * i
+        ep.extra = {"keyframes": {"start": 0, "pre_wipe": cuts[ep.episode_id]}}
+        writer.write_episode(ep)
+    tw = Dataset(tmp_path / "twin")
+    for i in range(len(tw)):                        # the twin demos again, with their keyframes
+        ep = tw.load(i)
+        ep.extra = {"keyframes": {"start": 0, "pre_wipe": 6}}
+        DatasetWriter(tmp_path / "twin2").write_episode(ep)
+    dirs = [tmp_path / "real", tmp_path / "twin2"]
+    real, twin, info = load_demo_pools(dirs, TASK, cfg, progress=False, twin_until="pre_wipe", real_phases=True)
+    assert len(real) == 24 and len(twin) == 12
+    for eid, cut in cuts.items():
+        steps = real.episode_steps[eid]
+        assert not real.after_cut[steps[:cut]].any() and real.after_cut[steps[cut:]].all()
+    assert info["real_steps_after_cut"] == int(real.after_cut.sum()) == (12 - 5) + (12 - 8)
+    assert not twin.after_cut.any()
+    # without the flag nothing is marked; the flag needs a keyframe
+    real0, _, _ = load_demo_pools(dirs, TASK, cfg, progress=False, twin_until="pre_wipe")
+    assert not real0.after_cut.any()
+    with pytest.raises(ValueError, match="real_phases needs twin_until"):
+        load_demo_pools(dirs, TASK, cfg, progress=False, real_phases=True)
+    # real demos with no keyframes recorded and none to find in their path (no grasp): named
+    with pytest.raises(DatasetError, match=r"keyframe 'pre_wipe': the demo's keyframes cannot be found") as err:
+        load_demo_pools([tmp_path / "raw", tmp_path / "twin2"], TASK, cfg, progress=False, twin_until="pre_wipe",
+                        real_phases=True)
+    assert ".npz" in str(err.value)
+    # the config: needs twin_until
+    assert load_sft_config(None, ["twin_until=pre_wipe", "real_share_after_cut=true"]).real_share_after_cut
+    with pytest.raises(ValueError, match=r"real_share_after_cut: needs twin_until"):
+        load_sft_config(None, ["real_share_after_cut=true"])
+    # the trainer's batches: the marked real steps come with their share of the real steps
+    logs = []
+    trainer = SFTTrainer(TASK, dirs, tmp_path / "p.ckpt", cfg,
+                         tiny_sft_config(twin_until="pre_wipe", real_share_after_cut=True, alpha=0.5),
+                         progress=False, log=logs.append)
+    share = info["real_steps_after_cut"] / len(real)
+    assert any("11 of 24 real steps lie from keyframe 'pre_wipe' on" in m for m in logs), logs
+    assert np.array_equal(trainer.real.after_cut, real.after_cut)
+    late = n = 0
+    g = trainer.generator
+    for _ in range(200):
+        ir, it = sample_indices(len(trainer.real), len(trainer.twin), 64, 0.5, g, real_after=trainer.real.after_cut)
+        late += int(trainer.real.after_cut[ir].sum())
+        n += 64
+    assert abs(late / n - share) < 0.03
+
+
 @pytest.mark.slow
 def test_sft_loss_goes_down_and_beats_the_untrained_policy(data, tmp_path):
     out = tmp_path / "policy.ckpt"

@@ -152,6 +152,11 @@ class SFTConfig:
     # part of a task that happens at a fixed fixture (erase_whiteboard's wipe) looks the same
     # from every object placement, so the real demos already cover it. "" = whole twin demos
     twin_until: str = ""
+    # with twin_until: the real steps from that keyframe of each real demo on (found in its
+    # commanded path) are drawn with the share they have among the real steps, as when training
+    # on real demos alone, and alpha mixes the rest of every batch (the phase the twin demos
+    # cover). False: alpha mixes whole batches, so the cut phase gets only alpha of its share
+    real_share_after_cut: bool = False
     # beta-NLL (Seitzer et al. 2022): each dimension's -log pi term is weighted by std^(2 beta)
     # (no gradient through the weight). 0 is the plain NLL (L_IL), whose learned std can grow on
     # a dimension that is hard to fit (the grasp yaw did) until its mean barely learns; 0.5
@@ -186,6 +191,8 @@ class SFTConfig:
     def validate(self) -> None:
         if not isinstance(self.twin_until, str) or (self.twin_until and not self.twin_until.isidentifier()):
             raise ValueError(f"twin_until: must be a keyframe name (e.g. pre_wipe) or \"\", got {self.twin_until!r}")
+        if self.real_share_after_cut and not self.twin_until:
+            raise ValueError("real_share_after_cut: needs twin_until (the keyframe that splits the demos)")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule: must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         if self.warmup_steps < 0:

@@ -23,7 +23,7 @@ from twinrl_bringup.safety import SafetyEnvelope, load_safety_config
 from .config import ModelConfig
 
 __all__ = ["DemoPool", "PairPool", "episode_digest", "idle_steps", "load_demo_pools", "load_pair_pool",
-           "object_labels", "sample_indices", "twin_cut"]
+           "object_labels", "real_cut", "sample_indices", "twin_cut"]
 
 
 @dataclass
@@ -43,6 +43,8 @@ class DemoPool:
     episode_end: Optional[np.ndarray] = None    # (N,) int64
     # episode id -> (T,) index into this pool of each of the episode's steps (-1: left out)
     episode_steps: dict = field(default_factory=dict)
+    # steps from the episode's ``twin_until`` keyframe on (real pools loaded with ``real_phases``)
+    after_cut: Optional[np.ndarray] = None      # (N,) bool
 
     def __post_init__(self):
         if self.episode_end is None:
@@ -53,6 +55,8 @@ class DemoPool:
             self.object_pose = np.zeros((len(self.action), 3), np.float32)
         if self.object_valid is None:
             self.object_valid = np.zeros(len(self.action), bool)
+        if self.after_cut is None:
+            self.after_cut = np.zeros(len(self.action), bool)
 
     def __len__(self) -> int:
         return int(len(self.action))
@@ -125,23 +129,27 @@ def episode_digest(ep) -> str:
 def load_demo_pools(dirs: Sequence, task: str, cfg: ModelConfig, real_sources=("real", "demo", "intervention"),
                     twin_sources=("twin",), success_only: bool = False, progress: bool = True,
                     skip_idle: bool = False, sweeps: bool = False,
-                    twin_until: str = "") -> tuple[DemoPool, DemoPool, dict]:
+                    twin_until: str = "", real_phases: bool = False) -> tuple[DemoPool, DemoPool, dict]:
     """Load every episode of ``task`` from the dataset directories into a real and a twin pool,
     each in the order of :func:`episode_digest` (the same demonstrations under other ids or file
     names give the same pools). ``skip_idle`` leaves out the steps found by :func:`idle_steps`.
     Alignment sweeps (``twinrl_bringup.dataset.is_sweep``) are no demonstrations and are left out
     (``info["sweep_episodes"]``); ``sweeps=True`` loads them alone instead (the pairs' real side).
     ``twin_until`` (a keyframe name): the twin pool keeps each episode's steps before that
-    keyframe of its stage-I path (:func:`twin_cut`; ``info["twin_steps_cut"]``)."""
+    keyframe of its stage-I path (:func:`twin_cut`; ``info["twin_steps_cut"]``). With
+    ``real_phases`` the real pool also marks each step from the same keyframe of its episode on
+    (:func:`real_cut`; ``DemoPool.after_cut``, ``info["real_steps_after_cut"]``)."""
+    if real_phases and not twin_until:
+        raise ValueError("real_phases needs twin_until (the keyframe that splits the real demos)")
     if not dirs:
         raise ValueError("no dataset directories given")
     cfg.task_index(task)  # the policy must know the task
-    keys = ("third_person", "wrist", "proprio", "command", "action", "object_pose", "object_valid", "length",
-            "steps")
+    keys = ("third_person", "wrist", "proprio", "command", "action", "object_pose", "object_valid", "after_cut",
+            "length", "steps")
     parts = {"real": {k: [] for k in keys}, "twin": {k: [] for k in keys}}
     ids = {"real": [], "twin": []}
     info = {"ignored_episodes": 0, "skipped_files": [], "idle_steps_skipped": 0, "commands_rebuilt": 0,
-            "sweep_episodes": 0, "twin_steps_cut": 0}
+            "sweep_episodes": 0, "twin_steps_cut": 0, "real_steps_after_cut": 0}
     selected = []
     for d in dirs:
         if not Path(d).is_dir():
@@ -182,12 +190,18 @@ def load_demo_pools(dirs: Sequence, task: str, cfg: ModelConfig, real_sources=("
         rec["command"] = commands[:T][keep]
         obj, valid = object_labels(ep.initial_configuration, ep.actions)
         rec["object_pose"], rec["object_valid"], rec["keep"] = obj[keep], valid[keep], keep
+        after = np.zeros(T, bool)
+        if pool == "real" and real_phases:
+            after[real_cut(ep, twin_until, where=path):] = True
+            info["real_steps_after_cut"] += int(after[keep].sum())
+        rec["after_cut"] = after[keep]
         loaded[pool].append((episode_digest(ep), ep.episode_id, rec))
     for pool, episodes in loaded.items():
         # pool order by content, not by file name: the same demonstrations recorded again (new
         # episode ids) give the same pools, hence the same batches for a training seed
         for _, episode_id, rec in sorted(episodes, key=lambda e: e[:2]):
-            for key in ("third_person", "wrist", "proprio", "action", "command", "object_pose", "object_valid"):
+            for key in ("third_person", "wrist", "proprio", "action", "command", "object_pose", "object_valid",
+                        "after_cut"):
                 parts[pool][key].append(rec[key])
             keep, start = rec["keep"], sum(parts[pool]["length"])
             parts[pool]["steps"].append(np.where(keep, start + np.cumsum(keep) - 1, -1).astype(np.int64))
@@ -206,7 +220,8 @@ def load_demo_pools(dirs: Sequence, task: str, cfg: ModelConfig, real_sources=("
                               object_pose=np.concatenate(p["object_pose"]).astype(np.float32),
                               object_valid=np.concatenate(p["object_valid"]).astype(bool),
                               episode_end=np.repeat(np.cumsum(p["length"]) - 1, p["length"]).astype(np.int64),
-                              episode_steps=dict(zip(ids[name], p["steps"]))))
+                              episode_steps=dict(zip(ids[name], p["steps"])),
+                              after_cut=np.concatenate(p["after_cut"]).astype(bool)))
     if not len(pools[0]) and not len(pools[1]):
         what = "alignment sweeps" if sweeps else "episodes"
         raise ValueError(f"no usable {what} of task {task!r} in {', '.join(str(d) for d in dirs)}")
@@ -315,6 +330,24 @@ def twin_cut(ep, keyframe: str, where=None) -> int:
     return int(step)
 
 
+def real_cut(ep, keyframe: str, where=None) -> int:
+    """The step at which the demonstration ``ep`` reaches ``keyframe``: its recorded stage-I
+    keyframes where it has them (a twin demo, :func:`twin_cut`), else the keyframes found in its
+    commanded path as for a seed demo (``twinrl_twin.demogen.keyframes.extract_keyframes``). A
+    DatasetError naming the episode when they cannot be found or do not include ``keyframe``."""
+    if (ep.extra or {}).get("keyframes"):
+        return twin_cut(ep, keyframe, where=where)
+    from twinrl_twin.demogen.keyframes import extract_keyframes, load_seed_demo
+    where = where if where is not None else ep.episode_id
+    try:
+        found = {k.name: k.index for k in extract_keyframes(load_seed_demo(ep))}
+    except ValueError as exc:
+        raise DatasetError(where, f"keyframe {keyframe!r}: the demo's keyframes cannot be found ({exc})") from exc
+    if keyframe not in found:
+        raise DatasetError(where, f"keyframe {keyframe!r}: not among the demo's keyframes ({', '.join(found)})")
+    return int(min(found[keyframe], ep.length))
+
+
 def idle_steps(actions: np.ndarray, tol: float = 1e-6) -> np.ndarray:
     """(T,) bool: steps whose action only waits: no translation or rotation and the gripper
     command of the step before (the first step counts as following an open command, -1).
@@ -331,11 +364,29 @@ def idle_steps(actions: np.ndarray, tol: float = 1e-6) -> np.ndarray:
 
 
 def sample_indices(n_real: int, n_twin: int, batch: int, alpha: float,
-                   generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
+                   generator: torch.Generator, real_after: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
     """Indices into the real and the twin pool for one batch: each sample is real with
-    probability alpha; with an empty pool every sample comes from the other one."""
+    probability alpha; with an empty pool every sample comes from the other one.
+
+    ``real_after`` ((n_real,) bool, the real steps past the twin demos' cut): those steps are
+    drawn with the share they have among the real steps, as in training on real demos alone,
+    and alpha mixes the rest of the batch (the phase the twin demos cover)."""
     if n_real == 0 and n_twin == 0:
         raise ValueError("both demonstration pools are empty")
+    if real_after is not None and n_real and n_twin:
+        real_after = np.asarray(real_after, bool)
+        if real_after.shape != (n_real,):
+            raise ValueError(f"real_after: expected shape ({n_real},), got {real_after.shape}")
+        late, early = np.flatnonzero(real_after), np.flatnonzero(~real_after)
+        u = torch.rand(batch, generator=generator)
+        n_late = int((u < len(late) / n_real).sum())
+        v = torch.rand(batch - n_late, generator=generator)
+        k_early = int((v < alpha).sum()) if len(early) else 0
+        pick_late = torch.randint(0, max(len(late), 1), (n_late,), generator=generator).numpy()
+        pick_early = torch.randint(0, max(len(early), 1), (k_early,), generator=generator).numpy()
+        ir = np.concatenate([late[pick_late], early[pick_early]]).astype(np.int64)
+        it = torch.randint(0, n_twin, (batch - n_late - k_early,), generator=generator).numpy()
+        return ir, it
     if n_real == 0:
         k = 0
     elif n_twin == 0:

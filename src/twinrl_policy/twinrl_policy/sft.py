@@ -171,7 +171,8 @@ class SFTTrainer:
         if pools is None:
             real, twin, info = load_demo_pools(data_dirs, task, model_cfg, sft_cfg.real_sources,
                                                sft_cfg.twin_sources, sft_cfg.success_only, progress,
-                                               skip_idle=sft_cfg.skip_idle_steps, twin_until=sft_cfg.twin_until)
+                                               skip_idle=sft_cfg.skip_idle_steps, twin_until=sft_cfg.twin_until,
+                                               real_phases=sft_cfg.real_share_after_cut)
             for path, reason in info["skipped_files"]:
                 log(f"skipped {path}: {reason}")
             if info["commands_rebuilt"]:
@@ -180,6 +181,10 @@ class SFTTrainer:
             if info["twin_steps_cut"]:
                 log(f"left out {info['twin_steps_cut']} twin-demo steps from keyframe {sft_cfg.twin_until!r} on "
                     "(sft.twin_until)")
+            if sft_cfg.real_share_after_cut and len(real):
+                log(f"{info['real_steps_after_cut']} of {len(real)} real steps lie from keyframe "
+                    f"{sft_cfg.twin_until!r} on: drawn with that share "
+                    f"({info['real_steps_after_cut'] / len(real):.2f}), alpha mixes the rest (sft.real_share_after_cut)")
             if info["idle_steps_skipped"]:
                 log(f"left out {info['idle_steps_skipped']} idle steps (waits without motion; sft.skip_idle_steps)")
             if info["sweep_episodes"]:
@@ -330,7 +335,8 @@ class SFTTrainer:
     # ------------------------------------------------------------------ training
     def _batch(self) -> tuple[dict, torch.Tensor, float]:
         cfg = self.cfg
-        ir, it = sample_indices(len(self.real), len(self.twin), cfg.batch_size, cfg.alpha, self.generator)
+        ir, it = sample_indices(len(self.real), len(self.twin), cfg.batch_size, cfg.alpha, self.generator,
+                                real_after=self.real.after_cut if cfg.real_share_after_cut else None)
         parts = [p.batch(i) for p, i in ((self.real, ir), (self.twin, it)) if len(i)]
         arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         horizon = self.policy.chunk

@@ -43,7 +43,10 @@ XY_TOL = 0.01           # "above" a pose: horizontal distance below this
 ROT_TOL = 0.05          # same orientation
 LIFT_MIN = 0.02         # the lift has ended once the TCP is this high above the grasp and moves sideways
 RETREAT_DZ = 0.005      # the retreat after a release starts when the TCP rises this much
-BOARD_TOL = 0.004       # wipe poses: within this of the lowest TCP height after the lift
+BOARD_TOL = 0.004       # wipe poses: within this of the board level (the TCP height of the wipe)
+# the board level: this percentile of the TCP heights after the lift, not their minimum, so that
+# one pose pressed deeper than the rest (action noise, a teleoperator's jitter) does not set it
+BOARD_PERCENTILE = 10.0
 
 PICK_NAMES = ("start", "approach", "grasp", "lift", "pre_place", "place", "release", "end")
 ERASE_NAMES = ("start", "approach", "grasp", "lift", "pre_wipe", "wipe_start", "wipe_end", "end")
@@ -179,7 +182,7 @@ def extract_keyframes(demo: SeedDemo) -> list[Keyframe]:
     idx: list[tuple[str, int]] = [("start", 0), ("approach", approach), ("grasp", g), ("lift", lift)]
 
     if erase:
-        zlow = float(np.min(P[lift:T + 1, 2]))
+        zlow = float(np.percentile(P[lift:T + 1, 2], BOARD_PERCENTILE))
         on_board = P[:, 2] <= zlow + BOARD_TOL
         ws = _first(on_board, lift + 1, T + 1)
         we = _last(on_board, lift + 1, T + 1)
