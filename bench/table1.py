@@ -31,7 +31,7 @@ OOD and average success rates with deltas against real-only, and writes ``table1
         [--rollouts-per-cell 2] [--image-size 128,64] [--mixes 0/0 30/30 60/30 30/60]
         [--method affine] [--seeds 1] [--workers 2] [--root DIR] [--out DIR] [--json]
         [--post-success-steps K] [--action-noise M] [--twin-action-noise M] [--twin-approach-error M]
-        [--twin-pace split|seed] [--twin-until KEYFRAME]
+        [--twin-pace split|seed] [--twin-until KEYFRAME [--real-share-after-cut]]
         [--colour-map | --appearance] [--sweeps] [--oracle [demos|paths]] [--set model.KEY=V ...]
 
 Everything (demos, twin, checkpoints) is kept under --root (default: a directory under the
@@ -174,6 +174,9 @@ def main() -> int:
     ap.add_argument("--twin-until", default="", metavar="KEYFRAME",
                     help="train the twin mixes on each twin demo up to this stage-I keyframe (sft.twin_until, "
                          "e.g. pre_wipe: the wipe is left to the real demos); checkpoints and results get _untilKEYFRAME")
+    ap.add_argument("--real-share-after-cut", action="store_true",
+                    help="with --twin-until: the real steps from that keyframe on keep their real-only share of "
+                         "each batch, alpha mixes the rest (sft.real_share_after_cut); the mixes get _rs")
     ap.add_argument("--colour-map", action="store_true",
                     help="colour-calibrate the twin against the real demos (twinrl twin calibrate) before "
                          "stage I and the pairs; its twin demos, pairs, checkpoints and results get _cm")
@@ -198,6 +201,8 @@ def main() -> int:
         ap.error(f"--seeds must be >= 1, got {args.seeds}")
     if args.twin_until and not args.twin_until.isidentifier():
         ap.error(f"--twin-until must name a keyframe (e.g. pre_wipe), got {args.twin_until!r}")
+    if args.real_share_after_cut and not args.twin_until:
+        ap.error("--real-share-after-cut needs --twin-until (the keyframe that splits the demos)")
     if args.colour_map and args.appearance:
         ap.error("--colour-map and --appearance are two calibrations of the twin's images; give one")
     if args.oracle and (args.colour_map or args.appearance or args.sweeps
@@ -235,7 +240,7 @@ def main() -> int:
     twin_jitter += method + calib + {None: "", "demos": "_oracle", "paths": "_oraclepaths"}[args.oracle]
     twin_post = post + twin_jitter
     if args.twin_until:                     # which steps of the twin demos train: the mixes' checkpoints only
-        twin_jitter += f"_until{args.twin_until}"
+        twin_jitter += f"_until{args.twin_until}" + ("_rs" if args.real_share_after_cut else "")
     real = record_demos(args.task, root / f"real_{args.real}_{tag}_s{args.seed}{post}", args.real, "id",
                         seed=10_000 + args.seed, image_size=size, progress=progress,
                         post_success_steps=args.post_success_steps, approach_error=args.approach_error,
@@ -377,7 +382,9 @@ def main() -> int:
             seed = args.seed + k
             ckpt = root / f"sft_{mid}_{mood}_{ckpt_tag}{twin_jitter if (mid or mood) else ''}_{args.steps}_s{seed}.ckpt"
             sft_cfg = load_sft_config(None, sft_over + [f"seed={seed}"]
-                                      + ([f"twin_until={args.twin_until}"] if args.twin_until and (mid or mood) else []))
+                                      + ([f"twin_until={args.twin_until}"] if args.twin_until and (mid or mood) else [])
+                                      + (["real_share_after_cut=true"] if args.real_share_after_cut and (mid or mood)
+                                         else []))
             status = training_status(ckpt, model_cfg, sft_cfg) if ckpt.exists() else "none"
             if status == "other":
                 print(f"{ckpt.name}: trained with another model or SFT config (or unreadable), training again",

@@ -127,6 +127,14 @@ def test_table1_tiny_run(tmp_path, ros_env):
     assert "twin-demo steps from keyframe 'lift' on (sft.twin_until)" in r7.stderr
     assert len(list((tmp_path / "w").glob("sft_2_1_*_untillift_5_s0.ckpt"))) == 1 and default_ckpt.read_bytes() == before
     assert (out / "table1_pick_and_place_2_1_untillift.json").exists()
+    # ... and with the real steps from the keyframe on at their real-only share, its own again
+    r8 = subprocess.run(cmd[:cmd.index("--mixes")] + ["--mixes", "2/1", "--seeds", "1", "--twin-until", "lift",
+                                                      "--real-share-after-cut"]
+                        + cmd[cmd.index("--steps"):], env=ros_env, capture_output=True, text=True, timeout=600)
+    assert r8.returncode == 0, r8.stdout[-3000:] + r8.stderr[-3000:]
+    assert "real steps lie from keyframe 'lift' on: drawn with that share" in r8.stderr
+    assert len(list((tmp_path / "w").glob("sft_2_1_*_untillift_rs_5_s0.ckpt"))) == 1
+    assert (out / "table1_pick_and_place_2_1_untillift_rs.json").exists()
 
 
 @pytest.mark.slow
@@ -197,6 +205,9 @@ def test_table1_rejects_a_bad_mix_or_seed_count(ros_env):
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "table1.py"), "--task", "pick_and_place",
                         "--twin-until", "pre place"], env=ros_env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "--twin-until must name a keyframe (e.g. pre_wipe), got 'pre place'" in r.stderr
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "table1.py"), "--task", "pick_and_place",
+                        "--real-share-after-cut"], env=ros_env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--real-share-after-cut needs --twin-until" in r.stderr
 
 
 def test_first_demo_is_the_lowest_seed_whatever_the_file_order(tmp_path):
