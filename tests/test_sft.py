@@ -77,7 +77,7 @@ def test_real_steps_after_the_cut_keep_their_share():
         sample_indices(100, 50, 64, 0.25, g, real_after=after[:99])
 
 
-def test_real_phases_mark_the_real_steps_from_the_keyframe_on(tmp_path):
+def test_real_phases_mark_the_real_steps_from_the_keyframe_on(tmp_path, monkeypatch):
     """load_demo_pools(real_phases=True) marks each real step from the twin_until keyframe of its
     demo on (recorded keyframes, or found in its commanded path); a demo whose keyframes cannot be
     found is an error naming it, and the trainer draws those steps with their share."""
@@ -130,6 +130,18 @@ def test_real_phases_mark_the_real_steps_from_the_keyframe_on(tmp_path):
     share = info["real_steps_after_cut"] / len(real)
     assert any("11 of 24 real steps lie from keyframe 'pre_wipe' on" in m for m in logs), logs
     assert np.array_equal(trainer.real.after_cut, real.after_cut)
+    # the trainer's own batches pass those marks to the sampler
+    import twinrl_policy.sft as sft_module
+
+    seen = []
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("real_after"))
+        return sample_indices(*args, **kwargs)
+
+    monkeypatch.setattr(sft_module, "sample_indices", recording)
+    trainer._batch()
+    assert len(seen) == 1 and seen[0] is trainer.real.after_cut
     late = n = 0
     g = trainer.generator
     for _ in range(200):
