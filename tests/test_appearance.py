@@ -65,6 +65,23 @@ def test_network_learns_what_a_colour_map_cannot_and_carries_it_to_new_placement
     assert np.array_equal(model.apply("cam", held_twin[3]), out[3])
     one = held_twin[0]
     assert model.apply("other", one) is one
+    # denormals are flushed to zero only while the networks run: a process left in that mode
+    # crashed scipy's cKDTree (test_twin_textures.py builds twins after these tests)
+    assert np.array([1e-310]) * 1.0 != 0.0
+
+
+def test_denormals_flushed_only_inside_the_network():
+    from twinrl_twin.appearance import flush_denormals
+
+    tiny = np.array([1e-310])
+    assert tiny * 1.0 != 0.0
+    with flush_denormals():
+        assert tiny * 1.0 == 0.0
+    assert tiny * 1.0 != 0.0
+    with pytest.raises(KeyError):
+        with flush_denormals():
+            raise KeyError("left by an error")
+    assert tiny * 1.0 != 0.0
 
 
 def test_bad_input_and_config_are_named():

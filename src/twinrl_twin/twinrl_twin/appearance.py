@@ -23,6 +23,7 @@ fits and writes it.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -57,13 +58,23 @@ class AppearanceConfig:
             raise AppearanceError(f"appearance: learning_rate must be > 0, got {self.learning_rate}")
 
 
-def _net(cfg: AppearanceConfig):
+@contextlib.contextmanager
+def flush_denormals():
+    """Denormal floats flushed to zero while the networks train or correct: in these small
+    convolutions' weights and gradients they made both 10x slower in some processes (what else
+    is loaded decides). Only for that while: scipy's cKDTree crashed (segmentation fault) on
+    data with many equal points in a process left in flush-to-zero mode."""
     import torch
-    import torch.nn as nn
 
-    # denormal floats in these small convolutions' weights and gradients made training and
-    # inference 10x slower in some processes (what else is loaded decides): flush them to zero
     torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+
+
+def _net(cfg: AppearanceConfig):
+    import torch.nn as nn
 
     layers, cin = [], 5                          # RGB + (x, y)
     for d in cfg.dilations:
@@ -125,7 +136,7 @@ class AppearanceModel:
         if self.threads > 0:
             torch.set_num_threads(self.threads)
         try:
-            with torch.no_grad():
+            with torch.no_grad(), flush_denormals():
                 for s in range(0, len(batch), chunk):
                     y = _forward(net, _to_tensor(batch[s:s + chunk]))
                     out[s:s + chunk] = y.mul_(255.0).round_().byte().permute(0, 2, 3, 1).numpy()
@@ -166,22 +177,23 @@ def fit_appearance(pairs: Iterable[tuple[str, np.ndarray, np.ndarray]], cfg: Opt
 
         bar = tqdm(total=int(cfg.steps) * len(data), desc="appearance network", unit="step")
     try:
-        for camera in sorted(data):
-            twin, real = np.concatenate(data[camera][0]), np.concatenate(data[camera][1])
-            torch.manual_seed(int(cfg.seed))
-            net = _net(cfg)
-            opt = torch.optim.Adam(net.parameters(), lr=float(cfg.learning_rate))
-            for _ in range(int(cfg.steps)):
-                idx = torch.randint(0, len(twin), (int(cfg.batch_size),), generator=gen).numpy()
-                loss = (_forward(net, _to_tensor(twin[idx])) - _to_tensor(real[idx])).abs().mean()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(camera=camera, l1=f"{float(loss) * 255:.1f}")
-            model.nets[camera] = net.eval()
-            model.sizes[camera] = tuple(int(v) for v in twin.shape[1:3])
+        with flush_denormals():
+            for camera in sorted(data):
+                twin, real = np.concatenate(data[camera][0]), np.concatenate(data[camera][1])
+                torch.manual_seed(int(cfg.seed))
+                net = _net(cfg)
+                opt = torch.optim.Adam(net.parameters(), lr=float(cfg.learning_rate))
+                for _ in range(int(cfg.steps)):
+                    idx = torch.randint(0, len(twin), (int(cfg.batch_size),), generator=gen).numpy()
+                    loss = (_forward(net, _to_tensor(twin[idx])) - _to_tensor(real[idx])).abs().mean()
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(camera=camera, l1=f"{float(loss) * 255:.1f}")
+                model.nets[camera] = net.eval()
+                model.sizes[camera] = tuple(int(v) for v in twin.shape[1:3])
     finally:
         if bar is not None:
             bar.close()
