@@ -322,7 +322,11 @@ def test_wrist_image_does_not_depend_on_the_third_person_cameras_size(twins):
 def test_ink_on_the_board_shows_from_above(twins):
     """A fixture's splats lying in its top face are drawn as discs in the face (surfels):
     camera-facing sprites pushed back by their radius hid the whiteboard's ink under the
-    board's mesh when seen from above, as the wrist camera sees it."""
+    board's mesh when seen from above, as the wrist camera sees it. The board's mesh is drawn
+    here with vertex colours alone: its texture from the scan's frames shows the ink by itself
+    (test_twin_textures.py), which would hide what the splats do."""
+    import dataclasses
+
     from twinrl_twin.render import RenderConfig, TwinRenderer, surfel_radii
     from twinrl_twin.twin_env import make_twin_env
 
@@ -346,9 +350,10 @@ def test_ink_on_the_board_shows_from_above(twins):
         away = np.eye(4)
         away[:3, 3] = (5.0, 5.0, -5.0)      # the robot and the eraser out of the picture
         links = list(env.assets.robot)
+        untextured = dataclasses.replace(env.assets, fixture_mesh=dataclasses.replace(mesh, uvs=None, texture=None))
         dark = {}
         for tol, drawn in ((0.003, links), (0.0, links), (0.003, [])):
-            r = TwinRenderer(env.assets, drawn, {"top": (96, 96)}, RenderConfig(surfel_tolerance=tol, far_field=False))
+            r = TwinRenderer(untextured, drawn, {"top": (96, 96)}, RenderConfig(surfel_tolerance=tol, far_field=False))
             try:
                 img = r.render(above, 60.0, (96, 96), {n: away for n in drawn}, away, fixture)
             finally:

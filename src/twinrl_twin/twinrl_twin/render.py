@@ -35,13 +35,33 @@ in vec3 in_pos;
 in vec3 in_normal;
 in vec3 in_color;
 in float in_link;
+in vec2 in_uv;
 out vec3 v_color;
+out vec2 v_uv;
+out float v_light;
 void main() {
     mat4 m = models[int(in_link + 0.5)];
     gl_Position = vp * m * vec4(in_pos, 1.0);
     vec3 n = normalize(mat3(m) * in_normal);
     float l = lit > 0.5 ? ambient + diffuse * abs(dot(n, light)) : 1.0;
     v_color = min(in_color * l, vec3(1.0));
+    v_uv = in_uv;
+    v_light = l;
+}
+"""
+
+# meshes: the vertex colours, or with a texture atlas bound (``textured``) its texels
+_MESH_FS = """
+#version 330
+uniform sampler2D atlas;
+uniform float textured;
+in vec3 v_color;
+in vec2 v_uv;
+in float v_light;
+out vec4 f_color;
+void main() {
+    vec3 c = textured > 0.5 ? min(texture(atlas, v_uv).rgb * v_light, vec3(1.0)) : v_color;
+    f_color = vec4(c, 1.0);
 }
 """
 
@@ -201,19 +221,25 @@ def perspective(fovy_deg: float, aspect: float, near: float = 0.01, far: float =
     return P
 
 
+MESH_LAYOUT = ("3f 3f 3f 1f 2f", "in_pos", "in_normal", "in_color", "in_link", "in_uv")
+
+
 def _flat(mesh: ColouredMesh, link: int) -> np.ndarray:
-    """Interleaved (pos, normal, colour, link) per triangle corner, flat normals."""
+    """Interleaved (pos, normal, colour, link, uv) per triangle corner, flat normals (uv 0
+    without a texture)."""
     tri = mesh.vertices[mesh.faces]                       # (F, 3, 3)
     n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
     n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
     col = mesh.colors[mesh.faces].astype(np.float32) / 255.0
     F = len(mesh.faces)
-    out = np.empty((F, 3, 10), np.float32)
+    out = np.zeros((F, 3, 12), np.float32)
     out[..., 0:3] = tri
     out[..., 3:6] = n[:, None, :]
     out[..., 6:9] = col
     out[..., 9] = float(link)
-    return out.reshape(-1, 10)
+    if mesh.texture is not None:
+        out[..., 10:12] = mesh.uvs[mesh.faces]
+    return out.reshape(-1, 12)
 
 
 def _points(pc: PointCloud, surfel_radius: Optional[np.ndarray] = None) -> np.ndarray:
@@ -297,7 +323,7 @@ class TwinRenderer:
         self.ctx = create_context()
         ctx = self.ctx
         ctx.enable(moderngl.DEPTH_TEST | moderngl.PROGRAM_POINT_SIZE)
-        self.mesh_prog = ctx.program(vertex_shader=_MESH_VS, fragment_shader=_FS)
+        self.mesh_prog = ctx.program(vertex_shader=_MESH_VS, fragment_shader=_MESH_FS)
         self.point_prog = ctx.program(vertex_shader=_POINT_VS, fragment_shader=_FS)
         light = np.asarray(cfg.light_direction, float)
         self.mesh_prog["light"].value = tuple(light / np.linalg.norm(light))
@@ -324,14 +350,26 @@ class TwinRenderer:
         self.n_object = len(assets.object_mesh.faces) * 3
         self.n_fixture = len(assets.fixture_mesh.faces) * 3
         self.mesh_vbo = ctx.buffer(meshes.tobytes())
-        self.mesh_vao = ctx.vertex_array(self.mesh_prog, [(self.mesh_vbo, "3f 3f 3f 1f",
-                                                           "in_pos", "in_normal", "in_color", "in_link")])
+        self.mesh_vao = ctx.vertex_array(self.mesh_prog, [(self.mesh_vbo, *MESH_LAYOUT)])
         self.n_mesh = len(meshes)
+        # draw calls over the vertex buffer: the object and fixture as their colours say (scanned
+        # shading is drawn unlit), the robot lit
+        # shading is drawn unlit) and from their texture atlases where they have one, the robot lit
+        self.mesh_prog["atlas"].value = 0
+        ranges = [(self.n_object, assets.object_mesh.lit, self._texture(assets.object_mesh)),
+                  (self.n_fixture, assets.fixture_mesh.lit, self._texture(assets.fixture_mesh)),
+                  (self.n_mesh - self.n_object - self.n_fixture, True, None)]
+        self._mesh_ranges = []
+        for n, lit, tex in ranges:
+            if self._mesh_ranges and tex is None and self._mesh_ranges[-1][1:] == (lit, None):
+                self._mesh_ranges[-1] = (self._mesh_ranges[-1][0] + n, lit, None)
+            elif n:
+                self._mesh_ranges.append((n, lit, tex))
         self.surface = None
         if len(assets.surface.faces):
             srf = _flat(assets.surface, 0)
             vbo = ctx.buffer(srf.tobytes())
-            vao = ctx.vertex_array(self.mesh_prog, [(vbo, "3f 3f 3f 1f", "in_pos", "in_normal", "in_color", "in_link")])
+            vao = ctx.vertex_array(self.mesh_prog, [(vbo, *MESH_LAYOUT)])
             self.surface = (vbo, vao, len(srf))
         self.clouds = []
         radii = surfel_radii(assets.fixture_points, assets.fixture_mesh, cfg.surfel_tolerance)
@@ -391,6 +429,15 @@ class TwinRenderer:
         elif camera is not None and self.colour_map is not None:
             img = self.colour_map.apply(camera, img)
         return img
+
+    def _texture(self, mesh: ColouredMesh):
+        if mesh.texture is None:
+            return None
+        h, w = mesh.texture.shape[:2]
+        tex = self.ctx.texture((w, h), 3, np.ascontiguousarray(mesh.texture).tobytes(), alignment=1)
+        tex.filter = (self.mgl.LINEAR, self.mgl.LINEAR)
+        tex.repeat_x = tex.repeat_y = False
+        return tex
 
     def _draw_points(self, view, vp, fovy, h, fixture_pose) -> None:
         if self.far is not None:        # behind everything: no depth test, no depth written
@@ -462,7 +509,16 @@ class TwinRenderer:
             models[i + 2] = link_poses[n]
         self.mesh_prog["vp"].write(vp.T.astype(np.float32).tobytes())
         self.mesh_prog["models"].write(np.ascontiguousarray(models.transpose(0, 2, 1)).tobytes())
-        self.mesh_vao.render(self.mgl.TRIANGLES, vertices=self.n_mesh)
+        first = 0
+        for n, lit, tex in self._mesh_ranges:
+            self.mesh_prog["lit"].value = 1.0 if lit else 0.0
+            self.mesh_prog["textured"].value = 0.0 if tex is None else 1.0
+            if tex is not None:
+                tex.use(0)
+            self.mesh_vao.render(self.mgl.TRIANGLES, vertices=n, first=first)
+            first += n
+        self.mesh_prog["lit"].value = 1.0
+        self.mesh_prog["textured"].value = 0.0
         data = fbo.read(components=3, alignment=1)
         return np.frombuffer(data, np.uint8).reshape(h, w, 3)[::-1].copy()
 

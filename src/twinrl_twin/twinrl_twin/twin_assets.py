@@ -83,6 +83,14 @@ class TwinBuildConfig:
     # (the description when the URDF was generated from it, else the URDF)
     robot_model: str = "auto"
     colour_neighbours: int = 4
+    # object and fixture mesh colours: "frames" (each vertex from the scan frames that see it,
+    # depth- and mask-tested; vertices no frame sees from the Gaussians) or "gaussians" (the
+    # colour_neighbours nearest labelled Gaussians). Both carry the scan's shading: the meshes are
+    # drawn unlit
+    mesh_colour: str = "frames"
+    colour_texel: float = 0.001                # m of surface per texel of the meshes' texture atlases (frames)
+    texture_max_size: int = 1024               # texels a side at most (larger meshes get coarser texels)
+    colour_depth_tolerance: float = 0.005      # m: a frame sees a vertex when its depth is this close
     surface_cell: float = 0.02                 # m; 0 disables the support-surface mesh
     surface_x: tuple[float, float] = (-0.4, 1.1)
     surface_y: tuple[float, float] = (-0.9, 0.9)
@@ -98,6 +106,11 @@ class TwinBuildConfig:
             raise ValueError("scene_radius, point_size_scale must be positive and max_scene_points >= 100")
         if not 4 <= self.robot_sections <= 64 or self.colour_neighbours < 1:
             raise ValueError("robot_sections must be in 4..64 and colour_neighbours >= 1")
+        if self.mesh_colour not in ("frames", "gaussians"):
+            raise ValueError(f"mesh_colour must be frames or gaussians, got {self.mesh_colour!r}")
+        if not (self.colour_texel > 0 and 16 <= self.texture_max_size <= 4096 and self.colour_depth_tolerance > 0):
+            raise ValueError("colour_texel and colour_depth_tolerance must be positive and texture_max_size "
+                             "in 16..4096")
         if self.robot_model not in ("auto", "urdf", "description"):
             raise ValueError(f"robot_model must be auto, urdf or description, got {self.robot_model!r}")
         if self.far_field_width != 0 and not 8 <= self.far_field_width <= 4096:
@@ -140,6 +153,9 @@ class ColouredMesh:
     vertices: np.ndarray           # (V, 3) float32, metres
     faces: np.ndarray              # (F, 3) int32
     colors: np.ndarray             # (V, 3) uint8
+    lit: bool = True               # False: the colours carry the scan's shading, drawn as they are
+    uvs: Optional[np.ndarray] = None       # (V, 2) float32 in [0, 1]: where each vertex lies in ``texture``
+    texture: Optional[np.ndarray] = None   # (H, W, 3) uint8, drawn instead of the vertex colours
 
 
 @dataclass
@@ -321,6 +337,131 @@ def surface_mesh(points: PointCloud, cfg: TwinBuildConfig) -> ColouredMesh:
     return ColouredMesh(verts.astype(np.float32), faces, np.clip(C[good], 0, 255).round().astype(np.uint8))
 
 
+def _scan_mesh(obj, T_base_object: np.ndarray, points: Optional[PointCloud], scan, alignment, label: Optional[int],
+               cfg: TwinBuildConfig) -> tuple[ColouredMesh, dict]:
+    """The scan object's mesh (object frame) coloured from the scan (``cfg.mesh_colour``), and a
+    report of where its colours came from.
+
+    ``frames``: the mesh is unwrapped into a texture atlas (xatlas, ``colour_texel`` per texel)
+    and each texel is coloured from the frames that see its surface point
+    (:func:`colour_from_frames`); texels no frame sees take the Gaussians' colour, and the atlas'
+    gutters their nearest texel's. The vertices keep colours too (the same rule at the corners).
+    ``gaussians``: vertex colours only, from the nearest labelled Gaussians."""
+    v = np.asarray(obj.mesh.vertices, float)
+    f = np.asarray(obj.mesh.faces, np.int64)
+    vb = tf.transform_points(T_base_object, v)
+    if cfg.mesh_colour == "gaussians":
+        cols = _colour_from_points(vb, points, cfg.colour_neighbours)
+        return ColouredMesh(v.astype(np.float32), f.astype(np.int32), cols, lit=False), \
+            {"source": "gaussians", "vertices": len(v), "faces": len(f)}
+    v, f, uvs, size = texture_atlas(v, f, cfg.colour_texel, cfg.texture_max_size)
+    vb = tf.transform_points(T_base_object, v)
+    R = T_base_object[:3, :3]
+    rows, cols_, pts, normals = texel_surface_points(v, f, uvs, size)
+    pts_b = tf.transform_points(T_base_object, pts)
+    # the texels' points and the vertices in one pass over the frames (each read once)
+    both, both_seen = colour_from_frames(np.vstack([pts_b, vb]), np.vstack([normals, _vertex_normals(v, f)]) @ R.T,
+                                         scan.frames, alignment, label, cfg.colour_depth_tolerance)
+    colours, seen = both[:len(pts)], both_seen[:len(pts)]
+    vcols, vseen = both[len(pts):], both_seen[len(pts):]
+    if seen.any() and not seen.all():
+        # a point no frame saw takes the colour of the nearest seen one on a surface turned
+        # the same way (the normal weighs in as if 90 degrees were 7 cm)
+        from scipy.spatial import cKDTree
+
+        key = np.hstack([pts, normals * 0.05])
+        _, near = cKDTree(key[seen]).query(key[~seen])
+        colours[~seen] = colours[seen][near]
+    elif not seen.any():
+        colours = _colour_from_points(pts_b, points, cfg.colour_neighbours).astype(np.float32)
+    W, H = size
+    tex = np.zeros((H, W, 3), np.float32)
+    filled = np.zeros((H, W), bool)
+    tex[rows, cols_] = colours
+    filled[rows, cols_] = True
+    if not filled.all():                   # gutters: the nearest texel's colour (bilinear lookups near chart edges)
+        from scipy.ndimage import distance_transform_edt
+
+        _, (ri, ci) = distance_transform_edt(~filled, return_indices=True)
+        tex = tex[ri, ci]
+    if not vseen.all():
+        vcols[~vseen] = _colour_from_points(vb[~vseen], points, cfg.colour_neighbours)
+    mesh = ColouredMesh(v.astype(np.float32), f.astype(np.int32), np.clip(vcols, 0, 255).round().astype(np.uint8),
+                        lit=False, uvs=uvs.astype(np.float32),
+                        texture=np.clip(tex, 0, 255).round().astype(np.uint8))
+    return mesh, {"source": "frames", "texture": [W, H], "texels_on_surface": int(len(rows)),
+                  "seen_by_frames": round(float(seen.mean()), 4) if len(seen) else 0.0, "vertices": len(v),
+                  "faces": len(f)}
+
+
+def _vertex_normals(v: np.ndarray, f: np.ndarray) -> np.ndarray:
+    import trimesh
+
+    return np.asarray(trimesh.Trimesh(v, f, process=False).vertex_normals, float)
+
+
+def texture_atlas(vertices: np.ndarray, faces: np.ndarray, texel: float, max_size: int = 1024):
+    """A texture atlas of a mesh (xatlas): ``(vertices, faces, uvs, (width, height))`` with the
+    vertices split along the charts' seams and uvs in [0, 1] (u along the width, v down the
+    rows). One texel covers ``texel`` metres where the atlas fits in ``max_size`` texels a side,
+    else as little as fits."""
+    import xatlas
+
+    while True:
+        atlas = xatlas.Atlas()
+        atlas.add_mesh(np.asarray(vertices, np.float32), np.asarray(faces, np.uint32))
+        po = xatlas.PackOptions()
+        po.texels_per_unit = 1.0 / texel
+        po.padding = 2
+        po.bilinear = True
+        atlas.generate(pack_options=po)
+        if max(atlas.width, atlas.height) <= max_size:
+            break
+        texel *= max(atlas.width, atlas.height) / max_size * 1.05
+    vmap, idx, uvs = atlas[0]
+    return (np.asarray(vertices, float)[vmap], np.asarray(idx, np.int64), np.asarray(uvs, float),
+            (int(atlas.width), int(atlas.height)))
+
+
+def texel_surface_points(vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarray, size: tuple[int, int]):
+    """The texels whose centres lie in a face of the atlas: ``(rows, cols, points (N, 3),
+    normals (N, 3))``, the surface point under each texel centre and its face's normal."""
+    W, H = size
+    tri_uv = uvs[faces] * np.array([W, H], float)           # (F, 3, 2) in texel units
+    tri = np.asarray(vertices, float)[faces]
+    n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
+    rows, cols, pts, nrm = [], [], [], []
+    taken = np.zeros((H, W), bool)
+    for k in range(len(faces)):
+        a, b, c = tri_uv[k]
+        lo = np.floor(np.minimum(np.minimum(a, b), c)).astype(int)
+        hi = np.ceil(np.maximum(np.maximum(a, b), c)).astype(int)
+        cc, rr = np.meshgrid(np.arange(max(lo[0], 0), min(hi[0], W)), np.arange(max(lo[1], 0), min(hi[1], H)))
+        p = np.stack([cc.ravel() + 0.5, rr.ravel() + 0.5], axis=1)
+        den = (b[1] - c[1]) * (a[0] - c[0]) + (c[0] - b[0]) * (a[1] - c[1])
+        if abs(den) < 1e-12:
+            continue
+        w0 = ((b[1] - c[1]) * (p[:, 0] - c[0]) + (c[0] - b[0]) * (p[:, 1] - c[1])) / den
+        w1 = ((c[1] - a[1]) * (p[:, 0] - c[0]) + (a[0] - c[0]) * (p[:, 1] - c[1])) / den
+        w2 = 1.0 - w0 - w1
+        inside = (w0 >= -1e-9) & (w1 >= -1e-9) & (w2 >= -1e-9)
+        r, col = rr.ravel()[inside], cc.ravel()[inside]
+        new = ~taken[r, col]
+        if not new.any():
+            continue
+        r, col = r[new], col[new]
+        taken[r, col] = True
+        w = np.stack([w0[inside][new], w1[inside][new], w2[inside][new]], axis=1)
+        rows.append(r)
+        cols.append(col)
+        pts.append(w @ tri[k])
+        nrm.append(np.repeat(n[k][None], len(r), axis=0))
+    if not rows:
+        return np.zeros(0, int), np.zeros(0, int), np.zeros((0, 3)), np.zeros((0, 3))
+    return np.concatenate(rows), np.concatenate(cols), np.concatenate(pts), np.concatenate(nrm)
+
+
 def _colour_from_points(vertices_base: np.ndarray, points: Optional[PointCloud], k: int,
                         fallback=(170, 170, 170)) -> np.ndarray:
     if points is None or len(points.positions) == 0:
@@ -331,6 +472,84 @@ def _colour_from_points(vertices_base: np.ndarray, points: Optional[PointCloud],
     _, idx = cKDTree(points.positions).query(vertices_base, k=k)
     idx = np.asarray(idx).reshape(len(vertices_base), k)
     return points.colors[idx].astype(np.float32).mean(axis=1).round().astype(np.uint8)
+
+
+def depth_normals(depth: np.ndarray, intr) -> np.ndarray:
+    """(H, W, 3) unit normals (optical frame, towards the camera) of a depth map from central
+    differences of its back-projected points; 0 where a neighbour has no depth."""
+    H, W = depth.shape
+    z = depth.astype(float)
+    u, v = np.meshgrid(np.arange(W), np.arange(H))
+    P = np.stack([(u - intr.cx) / intr.fx * z, (v - intr.cy) / intr.fy * z, z], axis=-1)
+    out = np.zeros((H, W, 3))
+    dx = P[1:-1, 2:] - P[1:-1, :-2]
+    dy = P[2:, 1:-1] - P[:-2, 1:-1]
+    n = np.cross(dx, dy)
+    ok = (z[1:-1, 2:] > 0) & (z[1:-1, :-2] > 0) & (z[2:, 1:-1] > 0) & (z[:-2, 1:-1] > 0)
+    norm = np.linalg.norm(n, axis=-1)
+    ok &= norm > 0
+    n = np.where(ok[..., None], n / np.maximum(norm, 1e-30)[..., None], 0.0)
+    n *= np.where(np.einsum("hwc,hwc->hw", n, P[1:-1, 1:-1]) > 0, -1.0, 1.0)[..., None]   # face the camera
+    out[1:-1, 1:-1] = n
+    return out
+
+
+def colour_from_frames(points_base: np.ndarray, normals_base: np.ndarray, frames, alignment, label: Optional[int],
+                       depth_tolerance: float = 0.005, min_cos: float = 0.2,
+                       normal_agreement: float = 0.7) -> tuple[np.ndarray, np.ndarray]:
+    """Colours of surface points (base frame, with their unit normals) from the scan frames
+    that see them.
+
+    A frame sees a point when it projects into the image in front of the camera, the frame's
+    depth there is within ``depth_tolerance`` (m) of the point's, the surface there (the depth
+    map's normal) turns within ``acos(normal_agreement)`` of the point's normal (a pixel across
+    an edge shows the neighbouring face), the mask there has the mesh's ``label`` (when the
+    frame has a mask and the label is known), and the point's normal faces the camera by at
+    least ``min_cos``. Its colour is the mean of those frames' pixels, each weighted by that
+    cosine (grazing views count least). Frames without depth are skipped: no visibility test is
+    possible. Returns ``(colours (N, 3) float32 0..255, seen (N,) bool)``."""
+    v = np.asarray(points_base, float)
+    n = np.asarray(normals_base, float)
+    acc = np.zeros((len(v), 3))
+    wsum = np.zeros(len(v))
+    for fr in frames:
+        depth = fr.depth()
+        if depth is None:
+            continue
+        T = alignment.apply_pose(fr.T_scan_camera)          # camera in the base frame, metres
+        R, t = T[:3, :3], T[:3, 3]
+        pc = (v - t) @ R                                     # points in the optical frame
+        uv, z = fr.intrinsics.project(pc)
+        with np.errstate(invalid="ignore"):
+            u = np.round(uv[:, 0])
+            r = np.round(uv[:, 1])
+            ok = (z > 1e-6) & (u >= 0) & (u < fr.intrinsics.width) & (r >= 0) & (r < fr.intrinsics.height)
+        idx = np.flatnonzero(ok)
+        if not len(idx):
+            continue
+        ui, ri = u[idx].astype(int), r[idx].astype(int)
+        dm = depth.astype(float) * alignment.scale
+        d = dm[ri, ui]
+        keep = (d > 0) & (np.abs(d - z[idx]) <= depth_tolerance)
+        mask = fr.mask() if label is not None else None
+        if mask is not None:
+            keep &= mask[ri, ui] == label
+        n_cam = n[idx] @ R
+        ray = pc[idx] / np.linalg.norm(pc[idx], axis=1, keepdims=True)
+        cos = -np.einsum("ij,ij->i", n_cam, ray)
+        keep &= cos >= min_cos
+        if normal_agreement > -1:
+            keep &= np.einsum("ij,ij->i", depth_normals(dm, fr.intrinsics)[ri, ui], n_cam) >= normal_agreement
+        if not keep.any():
+            continue
+        idx, ui, ri, cos = idx[keep], ui[keep], ri[keep], cos[keep]
+        rgb = fr.rgb()[ri, ui].astype(float)
+        np.add.at(acc, idx, rgb * cos[:, None])
+        np.add.at(wsum, idx, cos)
+    seen = wsum > 0
+    out = np.zeros((len(v), 3), np.float32)
+    out[seen] = acc[seen] / wsum[seen, None]
+    return out, seen
 
 
 def far_field_panorama(scan, alignment, radius: float, width: int = 128, stride: int = 4):
@@ -458,6 +677,7 @@ def build_twin(scan_path, out, task: str, alignment=None, alignment_source: str 
     poses = {}
     pts_by_obj = {}
     meshes = {}
+    mesh_colours = {}
     for name in (cfg.object_name, cfg.fixture_name):
         obj = scan.objects[name]
         T = sim.apply_pose(obj.T_scan_object)
@@ -465,9 +685,7 @@ def build_twin(scan_path, out, task: str, alignment=None, alignment_source: str 
         lab = name_to_label.get(name)
         pts = _points(gauss, labels == lab, sim, cfg.point_size_scale) if lab is not None else None
         pts_by_obj[name] = pts
-        v = np.asarray(obj.mesh.vertices, float)
-        cols = _colour_from_points(tf.transform_points(T, v), pts, cfg.colour_neighbours)
-        meshes[name] = ColouredMesh(v.astype(np.float32), np.asarray(obj.mesh.faces, np.int32), cols)
+        meshes[name], mesh_colours[name] = _scan_mesh(obj, T, pts, scan, sim, lab, cfg)
     fx = pts_by_obj[cfg.fixture_name]
     T_fix_inv = tf.invert(poses[cfg.fixture_name])
     fixture_pts = PointCloud(tf.transform_points(T_fix_inv, fx.positions).astype(np.float32), fx.colors, fx.radii) \
@@ -491,6 +709,7 @@ def build_twin(scan_path, out, task: str, alignment=None, alignment_source: str 
         "fixture_pose": tf.matrix_to_pose7(poses[cfg.fixture_name]).tolist(),
         "background": None if background is None else [round(float(c), 4) for c in background],
         "far_field": None if far_field is None else "far_field.npz",
+        "mesh_colours": {"object": mesh_colours[cfg.object_name], "fixture": mesh_colours[cfg.fixture_name]},
         "counts": {"scene_points": int(len(scene_pts.positions)), "fixture_points": int(len(fixture_pts.positions)),
                    "robot_points_dropped": int((labels == LABEL_ROBOT).sum()),
                    "object_faces": int(len(meshes[cfg.object_name].faces)),
@@ -508,7 +727,8 @@ def build_twin(scan_path, out, task: str, alignment=None, alignment_source: str 
                  radii=fixture_pts.radii)
         for fname, m in (("object_mesh.npz", meshes[cfg.object_name]), ("fixture_mesh.npz", meshes[cfg.fixture_name]),
                          ("surface_mesh.npz", surface)):
-            np.savez(tmp / fname, vertices=m.vertices, faces=m.faces, colors=m.colors)
+            extra = {} if m.texture is None else {"uvs": m.uvs, "texture": m.texture}
+            np.savez(tmp / fname, vertices=m.vertices, faces=m.faces, colors=m.colors, **extra)
         arrays = {}
         for link, m in robot.items():
             arrays[f"{link}.vertices"] = m.vertices
@@ -576,14 +796,32 @@ def _cloud(path: Path) -> PointCloud:
     return PointCloud(d["positions"].astype(np.float32), d["colors"].astype(np.uint8), d["radii"].astype(np.float32))
 
 
-def _mesh(path: Path, v, f, c, what: str, allow_empty: bool = False) -> ColouredMesh:
+def _mesh(path: Path, v, f, c, what: str, allow_empty: bool = False, lit: bool = True) -> ColouredMesh:
     if v.ndim != 2 or v.shape[1] != 3 or f.ndim != 2 or f.shape[1] != 3 or c.shape != v.shape:
         raise TwinAssetError(path, f"{what}: bad shapes vertices {v.shape}, faces {f.shape}, colors {c.shape}")
     if allow_empty and len(f) == 0:
-        return ColouredMesh(v.astype(np.float32), f.astype(np.int32), c.astype(np.uint8))
+        return ColouredMesh(v.astype(np.float32), f.astype(np.int32), c.astype(np.uint8), lit)
     if len(f) == 0 or f.min() < 0 or f.max() >= len(v):
         raise TwinAssetError(path, f"{what}: face indices outside 0..{len(v) - 1} (or no faces)")
-    return ColouredMesh(v.astype(np.float32), f.astype(np.int32), c.astype(np.uint8))
+    return ColouredMesh(v.astype(np.float32), f.astype(np.int32), c.astype(np.uint8), lit)
+
+
+def _textured(path: Path, data: dict, what: str, lit: bool) -> ColouredMesh:
+    """A scan mesh of a twin file, with its texture atlas when the file has one."""
+    m = _mesh(path, data["vertices"], data["faces"], data["colors"], what, lit=lit)
+    if ("uvs" in data) != ("texture" in data):
+        raise TwinAssetError(path, f"{what}: uvs and texture come together (has only {'uvs' if 'uvs' in data else 'texture'})")
+    if "texture" in data:
+        uvs, tex = data["uvs"], data["texture"]
+        if uvs.shape != (len(m.vertices), 2) or not np.all(np.isfinite(uvs)) or uvs.min() < 0 or uvs.max() > 1:
+            raise TwinAssetError(path, f"{what}: uvs must be ({len(m.vertices)}, 2) numbers in [0, 1], got "
+                                       f"{uvs.shape}")
+        if tex.dtype != np.uint8 or tex.ndim != 3 or tex.shape[2] != 3 or not (1 <= min(tex.shape[:2])
+                                                                              and max(tex.shape[:2]) <= 4096):
+            raise TwinAssetError(path, f"{what}: texture must be (H, W, 3) uint8 with sides 1..4096, got "
+                                       f"{tex.shape} {tex.dtype}")
+        m.uvs, m.texture = uvs.astype(np.float32), np.ascontiguousarray(tex)
+    return m
 
 
 def _load_optional(path: Path, load, error):
@@ -642,6 +880,8 @@ def load_twin(path) -> TwinAssets:
 
     colour_map = _load_optional(root / COLOUR_MAP_FILE, load_colour_map, ColourMapError)
     appearance = _load_optional(root / APPEARANCE_FILE, load_appearance, AppearanceError)
+    # twins built before mesh_colours was recorded drew their scan meshes lit: they keep that look
+    scan_lit = "mesh_colours" not in meta
     obj = _load_npz(root / "object_mesh.npz", ("vertices", "faces", "colors"))
     fix = _load_npz(root / "fixture_mesh.npz", ("vertices", "faces", "colors"))
     srf = _load_npz(root / "surface_mesh.npz", ("vertices", "faces", "colors"))
@@ -663,7 +903,7 @@ def load_twin(path) -> TwinAssets:
         surface=_mesh(root / "surface_mesh.npz", srf["vertices"], srf["faces"], srf["colors"], "surface",
                       allow_empty=True),
         fixture_points=_cloud(root / "fixture_points.npz"),
-        object_mesh=_mesh(root / "object_mesh.npz", obj["vertices"], obj["faces"], obj["colors"], "object"),
-        fixture_mesh=_mesh(root / "fixture_mesh.npz", fix["vertices"], fix["faces"], fix["colors"], "fixture"),
+        object_mesh=_textured(root / "object_mesh.npz", obj, "object", scan_lit),
+        fixture_mesh=_textured(root / "fixture_mesh.npz", fix, "fixture", scan_lit),
         robot=robot, meta=meta, background=background, far_field=far_field, colour_map=colour_map,
         appearance=appearance)
