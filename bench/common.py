@@ -37,10 +37,12 @@ def build_twin(task: str, root: Path) -> Path:
     return out
 
 
-def calibrated_twin(twin: Path, demos: Path, out: Path, progress: bool = False, network=False) -> Path:
+def calibrated_twin(twin: Path, demos: Path, out: Path, progress: bool = False, network=False,
+                    arm: bool = False) -> Path:
     """A copy of ``twin`` at ``out``, colour-calibrated against ``demos`` (``twinrl twin
     calibrate``; ``network``: True or an AppearanceConfig for its appearance network,
-    ``--network``); an ``out`` that already holds the calibration is reused. Prints the before/after."""
+    ``--network``; ``arm``: its arm tracking fitted first, ``--arm``); an ``out`` that already
+    holds the calibration is reused. Prints the before/after."""
     import shutil
 
     from twinrl_twin.appearance import AppearanceConfig
@@ -55,7 +57,11 @@ def calibrated_twin(twin: Path, demos: Path, out: Path, progress: bool = False, 
     shutil.copytree(twin, out)
     if network is True:
         network = AppearanceConfig()
-    rep = calibrate_twin(out, [str(demos)], progress=progress, network=network or None)
+    rep = calibrate_twin(out, [str(demos)], progress=progress, network=network or None, arm=arm)
+    if rep.get("arm_tracking"):
+        fit = rep["arm_tracking"]
+        print(f"arm tracking: TCP rms {fit['tcp_rms_mm_before']:.2f} -> {fit['tcp_rms_mm_after']:.2f} mm over "
+              f"{fit['steps']} steps of {fit['episodes']} demos", flush=True)
     gaps = ", ".join(f"{c} |twin - real| {v['mean_abs_diff_before']:.1f} -> {v['mean_abs_diff_after']:.1f}"
                      for c, v in rep["cameras"].items())
     print(("appearance network: " if network else "colour map: ") + gaps, flush=True)

@@ -23,7 +23,9 @@ whether it succeeds there or not).
 ``--colour-map`` colour-calibrates a copy of the twin (``twin_<task>_cm_...``) against the real
 demos before stage I and the pairs (``twinrl twin calibrate``, docs/twin.md; its twin demos,
 pairs, twin-mix checkpoints and results get ``_cm`` in their names); ``--appearance`` fits the
-twin's appearance network instead (``twinrl twin calibrate --network``; ``_ap``). Prints ID,
+twin's appearance network instead (``twinrl twin calibrate --network``; ``_ap``). With either,
+``--fit-arm`` first fits the twin's per-joint arm tracking to the real demos (``twinrl twin
+calibrate --arm``; names get ``_arm``). Prints ID,
 OOD and average success rates with deltas against real-only, and writes ``table1_<task>.json``,
 ``table1_<task>.png`` (SR per mix) and one heatmap per mix to --out.
 
@@ -32,7 +34,7 @@ OOD and average success rates with deltas against real-only, and writes ``table1
         [--method affine] [--seeds 1] [--workers 2] [--root DIR] [--out DIR] [--json]
         [--post-success-steps K] [--action-noise M] [--twin-action-noise M] [--twin-approach-error M]
         [--twin-pace split|seed] [--twin-until KEYFRAME [--real-share-after-cut]]
-        [--colour-map | --appearance] [--sweeps] [--oracle [demos|paths]] [--set model.KEY=V ...]
+        [--colour-map | --appearance [--fit-arm]] [--sweeps] [--oracle [demos|paths]] [--set model.KEY=V ...]
 
 Everything (demos, twin, checkpoints) is kept under --root (default: a directory under the
 system temp dir named after the task), so a second run reuses what is there: the same
@@ -184,6 +186,9 @@ def main() -> int:
                     help="fit the twin's appearance network against the real demos (twinrl twin calibrate "
                          "--network) before stage I and the pairs; its twin demos, pairs, checkpoints and results "
                          "get _ap")
+    ap.add_argument("--fit-arm", action="store_true",
+                    help="with --colour-map or --appearance: fit the twin's per-joint arm tracking to the real "
+                         "demos first (twinrl twin calibrate --arm); names get _arm after _cm / _ap")
     ap.add_argument("--sweeps", action="store_true",
                     help="alignment sweeps: the twin demos' arm paths run in the sim world (objects where the "
                          "real demos had them) and replayed in the twin, more pairs for the feature alignment")
@@ -205,6 +210,8 @@ def main() -> int:
         ap.error("--real-share-after-cut needs --twin-until (the keyframe that splits the demos)")
     if args.colour_map and args.appearance:
         ap.error("--colour-map and --appearance are two calibrations of the twin's images; give one")
+    if args.fit_arm and not (args.colour_map or args.appearance):
+        ap.error("--fit-arm is part of the twin's calibration: give --colour-map or --appearance with it")
     if args.oracle and (args.colour_map or args.appearance or args.sweeps
                         or (args.oracle == "demos" and args.twin_approach_error)):
         ap.error("--oracle replaces the twin demos by sim-world demos: no --colour-map, --appearance, --sweeps "
@@ -234,7 +241,7 @@ def main() -> int:
         twin_jitter += f"_ta{args.twin_approach_error * 1000:g}mm"
     if args.twin_pace != "split":
         twin_jitter += "_sp"
-    calib = "_cm" if args.colour_map else "_ap" if args.appearance else ""
+    calib = ("_cm" if args.colour_map else "_ap" if args.appearance else "") + ("_arm" if args.fit_arm else "")
     gen_post = post + twin_jitter           # how twin demos are made (jitter, approach): no calibration or oracle
     method = "" if args.method == "affine" else f"_{args.method}"     # stage I's method, when not the default
     twin_jitter += method + calib + {None: "", "demos": "_oracle", "paths": "_oraclepaths"}[args.oracle]
@@ -274,7 +281,7 @@ def main() -> int:
         twin = build_twin(args.task, root)
         if calib:
             twin = calibrated_twin(twin, real, root / f"{twin.name}{calib}_{tag}_s{args.seed}{post}", progress,
-                                   network=args.appearance)
+                                   network=args.appearance, arm=args.fit_arm)
         twin_dir = root / f"twin_demos_{args.method}_{tag}_s{args.seed}{gen_post}{calib}"
         pools = twin_pools(twin_dir) if twin_dir.exists() else pools
         # every slot is needed: more tries per slot than the product's default (the first tries

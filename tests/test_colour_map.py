@@ -3,6 +3,8 @@ colours alone, round-trips through its file and refuses corrupt ones; `twinrl tw
 calibrate` fits a twin against real demos replayed in it, and the twin then draws with it."""
 from __future__ import annotations
 
+import json
+
 import shutil
 import subprocess
 
@@ -127,8 +129,12 @@ def test_calibrate_cli_fits_the_twin_and_the_twin_draws_with_it(tiny_twins, tmp_
     shutil.copytree(tiny_twins("pick_and_place"), twin)     # the session's twin stays as built
     _real_demo(tmp_path / "real")
     cmd, report, err = run_calibrate(twin, tmp_path / "real", ros_env, "--pairs", str(tmp_path / "pairs"),
-                                     "--min-samples", "10")
+                                     "--min-samples", "10", "--arm")
     assert report["drawn"] == "colour_map" and "warning" not in err, (report, err)
+    # --arm fitted the arm's tracking to the demo first (test_arm_tracking.py); the twin keeps it
+    fit = report["arm_tracking"]
+    assert fit["episodes"] == 1 and fit["tcp_rms_mm_after"] < fit["tcp_rms_mm_before"], fit
+    assert json.loads((twin / "twin.json").read_text())["arm_tracking"]["gain"] == fit["gain"]
     assert (twin / "colour_map.npz").is_file() and (twin / "colour_map.png").is_file()
     assert len(ds.Dataset(tmp_path / "pairs")) == 1
 

@@ -231,7 +231,7 @@ def _overlay(path: Path, cmap: ColourMap, pairs: list) -> None:
 
 
 def calibrate_twin(twin_dir, demos, pairs_out=None, cfg: Optional[FitConfig] = None, progress: bool = True,
-                   network=None) -> dict:
+                   network=None, arm: bool = False) -> dict:
     """Replay the real ``demos`` in the twin as drawn (any old colour map or appearance network
     left out), fit a colour map on the paired images and write it to the twin directory (with
     ``colour_map.png``: twin | calibrated twin | real). With ``network`` (an
@@ -239,7 +239,10 @@ def calibrate_twin(twin_dir, demos, pairs_out=None, cfg: Optional[FitConfig] = N
     ``appearance.png``). ``pairs_out``: keep the pairs there, a new or empty directory
     (default: a temporary one). The twin's cameras render at the real images' sizes. The report's
     ``drawn`` says which correction the twin now draws: an appearance network is drawn instead of
-    a colour map (``RenderConfig``), so a colour map fitted next to one is ``"appearance"``."""
+    a colour map (``RenderConfig``), so a colour map fitted next to one is ``"appearance"``.
+    With ``arm`` the arm's per-joint tracking is fitted to the demos first
+    (:mod:`twinrl_twin.arm_tracking`, stored in twin.json), so that the replays follow the robot's
+    path; the report's ``arm_tracking`` holds that fit."""
     import shutil
     import tempfile
 
@@ -253,11 +256,17 @@ def calibrate_twin(twin_dir, demos, pairs_out=None, cfg: Optional[FitConfig] = N
         raise ColourMapError(f"colour map: {pairs_out} is not empty (pairs would mix with older ones); "
                              "give a new directory")
     twin_dir = Path(twin_dir)
-    assets = load_twin(twin_dir)
-    assets.colour_map = assets.appearance = None
     paths = episode_paths(demos)
     if not paths:
         raise ColourMapError(f"colour map: no episodes in {demos}")
+    arm_fit = None
+    if arm:
+        from .arm_tracking import fit_arm_tracking, write_arm_tracking
+
+        arm_fit = fit_arm_tracking(twin_dir, paths)
+        write_arm_tracking(twin_dir, arm_fit)
+    assets = load_twin(twin_dir)
+    assets.colour_map = assets.appearance = None
     over = camera_overrides_of(paths[0])
     if not all(f"{c}.height" in over for c in ("third_person", "wrist")):
         raise ColourMapError(f"colour map: {paths[0]} has no camera images to calibrate against")
@@ -282,11 +291,12 @@ def calibrate_twin(twin_dir, demos, pairs_out=None, cfg: Optional[FitConfig] = N
     if network is not None:
         path = save_appearance(twin_dir / APPEARANCE_FILE, cmap)
         return {"appearance": str(path), "overlay": str(overlay), "pairs": info["count"], "drawn": "appearance",
+                "arm_tracking": arm_fit,
                 "cameras": {c: {"mean_abs_diff_before": before[c], "mean_abs_diff_after": after[c]}
                             for c in cmap.cameras}}
     path = save_colour_map(twin_dir / COLOUR_MAP_FILE, cmap)
     shadowed = twin_dir / APPEARANCE_FILE
-    return {"colour_map": str(path), "overlay": str(overlay), "pairs": info["count"],
+    return {"colour_map": str(path), "overlay": str(overlay), "pairs": info["count"], "arm_tracking": arm_fit,
             "drawn": "appearance" if shadowed.exists() else "colour_map",
             "levels": cmap.levels,
             "cameras": {c: {"bins": int((cmap.counts[c] >= cfg.min_samples).sum()),

@@ -861,6 +861,18 @@ def load_twin(path) -> TwinAssets:
         if v.shape != (7,) or not np.all(np.isfinite(v)):
             raise TwinAssetError(meta_path, f"{key} must be 7 finite numbers [x, y, z, qx, qy, qz, qw]")
         poses[key] = v
+    if meta.get("arm_tracking") is not None:
+        from .twin_env import arm_gains
+
+        fit = meta["arm_tracking"]
+        try:
+            if not isinstance(fit, dict):
+                raise ValueError(f"expected an object with gain and damping, got {fit!r}")
+            gain, damping = arm_gains(fit.get("gain"), "gain"), arm_gains(fit.get("damping"), "damping")
+            if not (np.all(gain > 0) and np.all(gain <= 1) and np.all(damping >= 0) and np.all(damping < 1)):
+                raise ValueError("gain must be in (0, 1] and damping in [0, 1) per joint")
+        except ValueError as exc:
+            raise TwinAssetError(meta_path, f"arm_tracking: {exc}") from None
     background = meta.get("background")
     if background is not None:
         if not is_rgb(background):

@@ -2,7 +2,7 @@
 
     twinrl twin build --scan scans/pp --task pick_and_place --out twins/pp [--groundtruth-alignment] [--json]
     twinrl twin rollout --twin twins/pp --policy expert --episodes 20 [--workers 2] [--json]
-    twinrl twin calibrate --twin twins/pp --demos data/real_demos [--pairs DIR] [--levels 16] [--json]
+    twinrl twin calibrate --twin twins/pp --demos data/real_demos [--arm] [--network] [--pairs DIR] [--levels 16] [--json]
 """
 from __future__ import annotations
 
@@ -49,6 +49,9 @@ def add_parsers(sub) -> None:
                    help="fit the appearance network instead (appearance.pt: corrects shapes and shading a colour "
                         "map cannot; twinrl_twin.appearance)")
     c.add_argument("--steps", type=int, default=None, help="--network: training steps per camera (default 1500)")
+    c.add_argument("--arm", action="store_true",
+                   help="first fit the arm's per-joint tracking to the demos (twin.json arm_tracking; "
+                        "twinrl_twin.arm_tracking), so the twin's arm follows the robot's path")
     c.add_argument("--json", action="store_true", help="print a JSON report on the last line")
     c.set_defaults(func=cmd_calibrate)
 
@@ -124,10 +127,14 @@ def cmd_calibrate(args) -> int:
     try:
         report = calibrate_twin(args.twin, [str(d) for d in args.demos], args.pairs,
                                 FitConfig(levels=args.levels, min_samples=args.min_samples),
-                                progress=sys.stderr.isatty() or not args.json, network=network)
+                                progress=sys.stderr.isatty() or not args.json, network=network, arm=args.arm)
     except (ColourMapError, DatasetError, TwinAssetError, ValueError, FileNotFoundError) as exc:
         print(f"twinrl twin calibrate: error: {exc}", file=sys.stderr)
         return 2
+    fit = report.get("arm_tracking")
+    if fit:
+        print(f"arm tracking fitted to {fit['episodes']} demos: TCP rms {fit['tcp_rms_mm_before']:.2f} -> "
+              f"{fit['tcp_rms_mm_after']:.2f} mm (twin.json arm_tracking)")
     if network is not None:
         print(f"appearance network written to {report['appearance']} ({report['pairs']} demos replayed in the "
               f"twin); overlay {report['overlay']}")

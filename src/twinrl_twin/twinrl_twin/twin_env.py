@@ -24,6 +24,7 @@ Images come from the twin's own assets (scan Gaussians, scan meshes, URDF meshes
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,9 +64,11 @@ class InteractionConfig:
     contact_tolerance: float = 0.003
     # Arm tracking of its joint targets, per control step (second order): the joint motion of a
     # step is arm_damping x the previous step's motion + arm_gain x the remaining error.
-    # 1.0 / 0.0 is a kinematic arm that reaches every target within the step.
-    arm_gain: float = 0.42
-    arm_damping: float = 0.18
+    # 1.0 / 0.0 is a kinematic arm that reaches every target within the step. One number for
+    # every joint or seven, one per joint; a twin whose tracking was fitted to recorded demos
+    # (twinrl_twin.arm_tracking, twin.json "arm_tracking") uses its own fit instead.
+    arm_gain: Any = 0.42
+    arm_damping: Any = 0.18
     # A held object pressed onto its support: the support stops the arm (the TCP stays where
     # the object rests on it), and the contact force, press_stiffness x how far the arm's target
     # lies below that, stops the arm like the robot's force limit (target := measured pose) once
@@ -75,12 +78,26 @@ class InteractionConfig:
     def validate(self) -> None:
         if self.finger_speed <= 0:
             raise ValueError("finger_speed must be positive")
-        if not 0.0 < self.arm_gain <= 1.0 or not 0.0 <= self.arm_damping < 1.0:
+        gain, damping = arm_gains(self.arm_gain, "arm_gain"), arm_gains(self.arm_damping, "arm_damping")
+        if not (np.all(gain > 0.0) and np.all(gain <= 1.0) and np.all(damping >= 0.0) and np.all(damping < 1.0)):
             raise ValueError(f"arm_gain must be in (0, 1] and arm_damping in [0, 1), got {self.arm_gain}, "
                              f"{self.arm_damping}")
         if min(self.grasp_margin, self.min_grasp_width, self.insert_xy_tolerance, self.insert_yaw_tolerance,
                self.contact_tolerance, self.press_stiffness) < 0:
             raise ValueError("tolerances must not be negative")
+
+
+def arm_gains(value, name: str) -> np.ndarray:
+    """One number or seven (per arm joint) -> (7,) floats; anything else is a ValueError naming ``name``."""
+    try:
+        v = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number or 7 numbers (one per joint), got {value!r}") from None
+    if v.ndim == 0:
+        v = np.full(7, float(v))
+    if v.shape != (7,) or not np.all(np.isfinite(v)):
+        raise ValueError(f"{name} must be a number or 7 numbers (one per joint), got {value!r}")
+    return v
 
 
 def load_interaction_config(path=None, overrides=()) -> InteractionConfig:
@@ -155,6 +172,12 @@ class TwinEnv:
         self.cameras_cfg = camera_config(camera_overrides)
         self.fr3 = fr3_model.load_fr3_config()
         self.icfg = interaction or load_interaction_config()
+        fit = self.assets.meta.get("arm_tracking")
+        if fit:                                  # the twin's own fit (twinrl_twin.arm_tracking)
+            self.icfg = dataclasses.replace(self.icfg, arm_gain=list(fit["gain"]), arm_damping=list(fit["damping"]))
+        self.icfg.validate()
+        self._arm_gain = arm_gains(self.icfg.arm_gain, "arm_gain")
+        self._arm_damping = arm_gains(self.icfg.arm_damping, "arm_damping")
         self.control_dt = CONTROL_DT
         self.time_limit = self.task_cfg.time_limit
         self.safety = SafetyEnvelope(load_safety_config())
@@ -439,9 +462,8 @@ class TwinEnv:
 
     def _track_joint_targets(self) -> None:
         """One control step of the arm following its joint targets (see InteractionConfig)."""
-        c = self.icfg
         q_prev, self._dq_prev = self._q.copy(), self._dq
-        self._dq = c.arm_damping * self._dq + c.arm_gain * (self._q_des - self._q)
+        self._dq = self._arm_damping * self._dq + self._arm_gain * (self._q_des - self._q)
         self._q = self.safety.clip_joints(self._q + self._dq)
         self._dq = self._q - q_prev
         self._qvel = end_of_step_velocity(self._dq, self._dq_prev, self.control_dt)
@@ -454,6 +476,11 @@ class TwinEnv:
     @property
     def target_pose(self) -> tuple[np.ndarray, np.ndarray]:
         return self._target_pos.copy(), self._target_quat.copy()
+
+    @property
+    def arm_tracking(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-joint (gain, damping) the arm follows its targets with (InteractionConfig)."""
+        return self._arm_gain.copy(), self._arm_damping.copy()
 
     @property
     def joint_targets(self) -> np.ndarray:
