@@ -208,6 +208,9 @@ def test_table1_rejects_a_bad_mix_or_seed_count(ros_env):
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "table1.py"), "--task", "pick_and_place",
                         "--real-share-after-cut"], env=ros_env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "--real-share-after-cut needs --twin-until" in r.stderr
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "table1.py"), "--task", "pick_and_place",
+                        "--fit-arm"], env=ros_env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--fit-arm is part of the twin's calibration" in r.stderr
 
 
 def test_first_demo_is_the_lowest_seed_whatever_the_file_order(tmp_path):
